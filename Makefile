@@ -1,0 +1,58 @@
+# The two commands that matter: `make demo` and `make test`.
+# Both install what they need (Debian packages, Go modules) themselves.
+
+GO        ?= go
+CLANG     ?= clang-19
+STRIP     ?= llvm-strip-19
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+BIN       := bin/converter
+FUZZTIME  ?= 15s
+# Fuzz targets, as package:target.
+FUZZ_TARGETS := ./tlv:FuzzParseRequest ./tlv:FuzzParseReply
+
+# Debian packages the tests and the demo use at run time.
+DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy
+
+.PHONY: all build deps test check-fmt vet unit fuzz netns demo clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/converter
+
+# deps installs missing Debian packages (only when a tool is absent, so a
+# warm machine does not touch the network) and downloads Go modules.
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+
+test: deps check-fmt vet unit fuzz
+
+check-fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# unit runs every test, the namespace suite included (it needs root; with
+# CI set, a missing capability fails instead of skipping).
+unit:
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
+
+clean:
+	rm -rf bin
