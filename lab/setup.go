@@ -26,8 +26,8 @@ type setup struct {
 	lab     *Lab
 	ns      map[Role]netns.NsHandle
 	nl      map[Role]*netlink.Handle
-	created []string                // namespaces this call created
-	undo    []func() error          // other changes to revert on failure
+	created []string       // namespaces this call created
+	undo    []func() error // other changes to revert on failure
 }
 
 func (s *setup) run() error {
@@ -52,7 +52,7 @@ func (s *setup) run() error {
 			return err
 		}
 	}
-	return nil
+	return s.waitReady()
 }
 
 // namespace creates (if needed) and prepares the namespace of role r.
@@ -301,7 +301,7 @@ func readSysctls(ns string, settings []sysctl) (map[string]string, error) {
 			if err != nil {
 				return fmt.Errorf("read %s in %s: %w", c.key, ns, err)
 			}
-			out[c.key] = strings.TrimSpace(string(b))
+			out[c.key] = strings.Join(strings.Fields(string(b)), " ") // "1024\t65535" -> "1024 65535"
 		}
 		return nil
 	})

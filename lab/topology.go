@@ -169,7 +169,7 @@ func sysctlSpecs(r Role) []sysctl {
 	case RoleClient:
 		return append(common,
 			sysctl{"net.ipv4.tcp_fastopen", "5"}, // client + no cookie needed
-			sysctl{"net.ipv4.ip_local_port_range", "1024\t65535"},
+			sysctl{"net.ipv4.ip_local_port_range", "1024 65535"},
 		)
 	case RoleConverter:
 		return append(common,

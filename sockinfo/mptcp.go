@@ -2,6 +2,8 @@ package sockinfo
 
 import (
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // sizeofMPTCPInfo is sizeof(struct mptcp_info) on Linux 6.18.
@@ -60,9 +62,9 @@ func GetMPTCPInfo(c syscall.Conn) (MPTCPInfo, error) {
 	var m MPTCPInfo
 	err := control(c, func(fd int) error {
 		buf := make([]byte, sizeofMPTCPInfo)
-		n, err := getsockopt(fd, solMPTCP, optMPTCPInfo, buf)
+		n, err := getsockopt(fd, unix.SOL_MPTCP, optMPTCPInfo, buf)
 		if err != nil {
-			return mptcpError(mptcpInfoOptName, err)
+			return mptcpError(mptcpInfoCall, err)
 		}
 		m = decodeMPTCPInfo(buf[:n])
 		return nil

@@ -19,16 +19,18 @@ import (
 
 // MPTCP getsockopt options at level SOL_MPTCP (include/uapi/linux/mptcp.h).
 const (
-	optMPTCPInfo      = 1 // MPTCP_INFO
-	optTCPInfo        = 2 // MPTCP_TCPINFO
-	optSubflowAddrs   = 3 // MPTCP_SUBFLOW_ADDRS
-	ipprotoMPTCP      = unix.IPPROTO_MPTCP
-	solMPTCP          = unix.SOL_MPTCP
-	mptcpInfoOptName  = "getsockopt(SOL_MPTCP, MPTCP_INFO)"
-	tcpInfoOptName    = "getsockopt(SOL_TCP, TCP_INFO)"
-	mptcpTCPInfoName  = "getsockopt(SOL_MPTCP, MPTCP_TCPINFO)"
-	subflowAddrsName  = "getsockopt(SOL_MPTCP, MPTCP_SUBFLOW_ADDRS)"
-	soProtocolOptName = "getsockopt(SOL_SOCKET, SO_PROTOCOL)"
+	optMPTCPInfo    = 1 // MPTCP_INFO
+	optTCPInfo      = 2 // MPTCP_TCPINFO
+	optSubflowAddrs = 3 // MPTCP_SUBFLOW_ADDRS
+)
+
+// Call names used to wrap errors.
+const (
+	mptcpInfoCall    = "getsockopt(SOL_MPTCP, MPTCP_INFO)"
+	mptcpTCPInfoCall = "getsockopt(SOL_MPTCP, MPTCP_TCPINFO)"
+	subflowAddrsCall = "getsockopt(SOL_MPTCP, MPTCP_SUBFLOW_ADDRS)"
+	tcpInfoCall      = "getsockopt(SOL_TCP, TCP_INFO)"
+	soProtocolCall   = "getsockopt(SOL_SOCKET, SO_PROTOCOL)"
 )
 
 var (
@@ -46,7 +48,7 @@ var (
 // to know whether MPTCP is actually in use.
 func IsMPTCP(c syscall.Conn) bool {
 	p, err := protocol(c)
-	return err == nil && p == ipprotoMPTCP
+	return err == nil && p == unix.IPPROTO_MPTCP
 }
 
 func protocol(c syscall.Conn) (int, error) {
@@ -55,7 +57,7 @@ func protocol(c syscall.Conn) (int, error) {
 		var err error
 		p, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 		if err != nil {
-			return fmt.Errorf("%s: %w", soProtocolOptName, err)
+			return fmt.Errorf("%s: %w", soProtocolCall, err)
 		}
 		return nil
 	})
@@ -92,9 +94,9 @@ func getsockopt(fd, level, opt int, buf []byte) (int, error) {
 	return min(int(n), len(buf)), nil
 }
 
-// mptcpError wraps err from an SOL_MPTCP getsockopt. A plain TCP socket
-// answers ENOPROTOOPT (ip_getsockopt does not know the level) and a
-// fallen-back MPTCP socket answers EOPNOTSUPP; both mean "no MPTCP here".
+// mptcpError wraps err from an SOL_MPTCP getsockopt. Linux 6.18 answers
+// EOPNOTSUPP both for plain TCP and for a fallen-back MPTCP socket;
+// ENOPROTOOPT, the generic "unknown level" answer, means the same.
 func mptcpError(call string, err error) error {
 	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOPROTOOPT) {
 		return fmt.Errorf("%s: %w (%w)", call, ErrNotMPTCP, err)

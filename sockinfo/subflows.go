@@ -47,22 +47,30 @@ func GetSubflows(c syscall.Conn) ([]Subflow, error) {
 	var subs []Subflow
 	err := control(c, func(fd int) error {
 		var err error
-		subs, err = readSubflows(fd)
+		subs, err = readSubflows(func(opt, elemSize, room int) ([][]byte, int, error) {
+			return readSubflowArray(fd, opt, elemSize, room)
+		})
 		return err
 	})
 	return subs, err
 }
 
-func readSubflows(fd int) ([]Subflow, error) {
+// subflowReader reads one subflow array: see readSubflowArray.
+type subflowReader func(opt, elemSize, room int) (elems [][]byte, num int, err error)
+
+// readSubflows reads both arrays and joins them. It retries with more
+// room when the kernel has more subflows than fit, and when the two
+// snapshots disagree on the subflow count.
+func readSubflows(read subflowReader) ([]Subflow, error) {
 	room := initialSubflows
 	for range readAttempts {
-		addrs, nAddrs, err := readSubflowArray(fd, optSubflowAddrs, sizeofSubflowAddrs, room)
+		addrs, nAddrs, err := read(optSubflowAddrs, sizeofSubflowAddrs, room)
 		if err != nil {
-			return nil, mptcpError(subflowAddrsName, err)
+			return nil, mptcpError(subflowAddrsCall, err)
 		}
-		infos, nInfos, err := readSubflowArray(fd, optTCPInfo, sizeofTCPInfo, room)
+		infos, nInfos, err := read(optTCPInfo, sizeofTCPInfo, room)
 		if err != nil {
-			return nil, mptcpError(mptcpTCPInfoName, err)
+			return nil, mptcpError(mptcpTCPInfoCall, err)
 		}
 		if nAddrs == nInfos && len(addrs) == nAddrs && len(infos) == nInfos {
 			return joinSubflows(addrs, infos), nil
@@ -88,7 +96,7 @@ func joinSubflows(addrs, infos [][]byte) []Subflow {
 func readSubflowArray(fd, opt, elemSize, room int) ([][]byte, int, error) {
 	buf := make([]byte, sizeofSubflowData+room*elemSize)
 	encodeSubflowData(buf, elemSize)
-	n, err := getsockopt(fd, solMPTCP, opt, buf)
+	n, err := getsockopt(fd, unix.SOL_MPTCP, opt, buf)
 	if err != nil {
 		return nil, 0, err
 	}

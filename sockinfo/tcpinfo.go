@@ -105,7 +105,7 @@ func readTCPInfo(fd int) (TCPInfo, error) {
 	buf := make([]byte, sizeofTCPInfo)
 	n, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_INFO, buf)
 	if err != nil {
-		return TCPInfo{}, fmt.Errorf("%s: %w", tcpInfoOptName, err)
+		return TCPInfo{}, fmt.Errorf("%s: %w", tcpInfoCall, err)
 	}
 	return decodeTCPInfo(buf[:n]), nil
 }

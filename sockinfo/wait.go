@@ -16,9 +16,9 @@ const (
 
 // WaitEstablished polls TCP_INFO until c has completed its handshake.
 //
-// An accepted MPTCP socket stays in SYN_RECV until the client's third ACK
-// arrives, and writing to it before that can stall forever; call this
-// before the first write. It returns nil in ESTABLISHED and in CLOSE_WAIT
+// accept can return a socket still in SYN_RECV (an MPTCP or TCP Fast Open
+// child before the client's third ACK), and writing to an MPTCP one then
+// can stall forever; call this before the first write. It returns nil in ESTABLISHED and in CLOSE_WAIT
 // (the peer already sent data and FIN, which it can only do once
 // established), an error matching ErrConnClosed in any closing or closed
 // state, and ctx.Err() when ctx is done first.
