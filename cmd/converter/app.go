@@ -60,6 +60,8 @@ func newApp(io stdio) *cli.App {
 			return cli.Exit(fmt.Sprintf("converter: %v", err), exitUsage)
 		},
 		Commands: []*cli.Command{
+			runCommand(io),
+			connectCommand(io),
 			decodeCommand(io),
 		},
 	}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/convert-tc/converter/cookie"
+	"github.com/convert-tc/converter/engine"
+)
+
+func runCommand(io stdio) *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "run the converter daemon",
+		Description: "Listens for Convert clients (MPTCP or plain TCP, Convert message in the SYN or right\n" +
+			"after the handshake), reaches the server named in the Connect TLV and relays both ways.\n" +
+			"Logs are JSON on stderr: one record per session end and one per refusal.",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice(engine.DefaultListen), Usage: "address:port to listen on (repeatable); [::] is dual stack"},
+			&cli.StringFlag{Name: "cookie-secret", Usage: "file with the cookie secret (hex; a second line holds the previous secret during a rotation); turns on cookie mode"},
+			&cli.StringSliceFlag{Name: "deny", Usage: "destination `CIDR` refused with Not Authorized (repeatable)"},
+			&cli.StringSliceFlag{Name: "allow-clients", Usage: "client `CIDR` allowed to use the converter (repeatable; default: every client)"},
+			&cli.IntFlag{Name: "max-sessions", Value: 100000, Usage: "sessions in progress at most; beyond it Resource Exceeded"},
+			&cli.IntFlag{Name: "max-pending-per-client", Value: 256, Usage: "sessions of one client address still being set up, at most"},
+			&cli.UintFlag{Name: "backoff", Value: 30, Usage: "seconds a refused client is asked to wait (Resource Exceeded; 0 = protocol default)"},
+			&cli.DurationFlag{Name: "handshake-timeout", Value: 3 * time.Second, Usage: "wait for the Convert message and the client handshake"},
+			&cli.DurationFlag{Name: "dial-timeout", Value: 5 * time.Second, Usage: "server-leg connect timeout (then Network Failure)"},
+			&cli.DurationFlag{Name: "idle-timeout", Value: 2*time.Hour + 4*time.Minute, Usage: "close sessions idle this long (0: never)"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Action: func(c *cli.Context) error {
+			cfg, err := runConfig(c, io)
+			if err != nil {
+				return err
+			}
+			srv, err := engine.New(cfg)
+			if err != nil {
+				return usageError("%v", err)
+			}
+			if err := srv.Listen(c.Context); err != nil {
+				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
+			}
+			for _, a := range srv.Addrs() {
+				cfg.Logger.Info("listening", "address", a.String())
+			}
+			if err := srv.Serve(c.Context); err != nil {
+				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
+			}
+			cfg.Logger.Info("stopped", "stats", srv.Stats())
+			return nil
+		},
+	}
+}
+
+func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return engine.Config{}, usageError("--log-level: %v", err)
+	}
+	cfg := engine.Config{
+		Listen:              c.StringSlice("listen"),
+		HandshakeTimeout:    c.Duration("handshake-timeout"),
+		DialTimeout:         c.Duration("dial-timeout"),
+		IdleTimeout:         c.Duration("idle-timeout"),
+		MaxSessions:         c.Int("max-sessions"),
+		MaxPendingPerClient: c.Int("max-pending-per-client"),
+		Logger:              slog.New(slog.NewJSONHandler(io.err, &slog.HandlerOptions{Level: level})),
+	}
+	if b := c.Uint("backoff"); b > 255 {
+		return cfg, usageError("--backoff %d: at most 255 seconds", b)
+	} else {
+		cfg.Backoff = uint8(b)
+	}
+	var err error
+	if cfg.Deny, err = prefixes(c.StringSlice("deny")); err != nil {
+		return cfg, usageError("--deny: %v", err)
+	}
+	if cfg.AllowClients, err = prefixes(c.StringSlice("allow-clients")); err != nil {
+		return cfg, usageError("--allow-clients: %v", err)
+	}
+	if path := c.String("cookie-secret"); path != "" {
+		if cfg.Cookies, err = cookie.Load(path); err != nil {
+			return cfg, usageError("--cookie-secret: %v", err)
+		}
+	}
+	return cfg, nil
+}
+
+// prefixes parses CIDRs; a bare address is a single-address prefix.
+func prefixes(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		if !strings.Contains(s, "/") {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}

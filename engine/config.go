@@ -1,0 +1,101 @@
+// Package engine is the converter itself: it listens for Convert clients,
+// reads and validates their Convert message, applies the policy, dials the
+// server leg, answers with the Convert reply and relays bytes both ways.
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/convert-tc/converter/cookie"
+	"github.com/convert-tc/converter/tlv"
+)
+
+// DefaultListen is the lab convention: RFC 8803 has no IANA port.
+const DefaultListen = "[::]:5124"
+
+// Config is everything the engine needs; zero fields take the defaults of
+// WithDefaults.
+type Config struct {
+	// Listen holds the addresses to listen on (dual stack for [::]).
+	Listen []string
+	// HandshakeTimeout bounds the wait for the Client's Convert message and
+	// for the Client's handshake to complete before the reply.
+	HandshakeTimeout time.Duration
+	// DialTimeout bounds the server-leg connect; past it the Client gets
+	// Network Failure.
+	DialTimeout time.Duration
+	// DrainTimeout bounds the drain after an Error TLV was sent.
+	DrainTimeout time.Duration
+	// IdleTimeout closes a session in which no byte moved for so long;
+	// 0 means never.
+	IdleTimeout time.Duration
+
+	// Cookies turns on cookie mode (RFC 8803 §6.2.7) when not nil.
+	Cookies *cookie.Keys
+	// AllowClients, when not empty, lists the only Client prefixes served.
+	AllowClients []netip.Prefix
+	// Deny lists destination prefixes refused with Not Authorized.
+	Deny []netip.Prefix
+
+	// MaxSessions caps the sessions in progress (pending and relaying).
+	MaxSessions int
+	// MaxPendingPerClient caps the sessions of one Client address that
+	// have not reached the relay yet (RFC 8803 §9.3).
+	MaxPendingPerClient int
+	// Backoff is the delay in seconds suggested with Resource Exceeded
+	// (0 means the protocol default of at least 30 s).
+	Backoff uint8
+
+	// SupportedOptions reports the TCP option kinds honoured in a Connect;
+	// SupportedKinds is the list announced in answer to Info.
+	SupportedOptions func(kind uint8) bool
+	SupportedKinds   []byte
+
+	Logger *slog.Logger
+}
+
+// WithDefaults returns c with every unset field at its default.
+func (c Config) WithDefaults() Config {
+	if len(c.Listen) == 0 {
+		c.Listen = []string{DefaultListen}
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 3 * time.Second
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 2 * time.Second
+	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = 100000
+	}
+	if c.MaxPendingPerClient == 0 {
+		c.MaxPendingPerClient = 256
+	}
+	if c.SupportedOptions == nil {
+		c.SupportedOptions = tlv.ReferenceOptions
+		c.SupportedKinds = tlv.ReferenceSupportedKinds()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if c.MaxSessions < 0 || c.MaxPendingPerClient < 0 {
+		return errors.New("session limits must not be negative")
+	}
+	for _, d := range []time.Duration{c.HandshakeTimeout, c.DialTimeout, c.DrainTimeout, c.IdleTimeout} {
+		if d < 0 {
+			return fmt.Errorf("timeout %v must not be negative", d)
+		}
+	}
+	return nil
+}

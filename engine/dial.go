@@ -1,0 +1,142 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/convert-tc/converter/sockinfo"
+	"github.com/convert-tc/converter/tlv"
+)
+
+// serverSynRetries bounds the server-leg SYN retransmissions: the converter
+// should not retry more eagerly than the Client does (RFC 8803 §9.3).
+const serverSynRetries = 3
+
+// dialServer opens the server leg and hands it the Client's early bytes.
+// With early bytes, TCP_FASTOPEN_CONNECT lets them ride in the SYN once the
+// server's TFO cookie is known (or at once where the namespace allows TFO
+// without cookies); the connect then completes in the background, so wait
+// for it. Nothing reaches the server if the connect fails.
+func dialServer(ctx context.Context, dest netip.AddrPort, mptcp bool, early []byte) (*net.TCPConn, error) {
+	opts := []sockopt{{unix.IPPROTO_TCP, unix.TCP_SYNCNT, serverSynRetries, "TCP_SYNCNT"}}
+	if len(early) > 0 {
+		opts = append(opts, sockopt{unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1, "TCP_FASTOPEN_CONNECT"})
+	}
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error { return setSockopts(c, opts) }}
+	d.SetMultipathTCP(mptcp)
+	network := "tcp6"
+	if dest.Addr().Is4() {
+		network = "tcp4"
+	}
+	c, err := d.DialContext(ctx, network, dest.String())
+	if err != nil {
+		return nil, err
+	}
+	conn := c.(*net.TCPConn)
+	if len(early) > 0 {
+		if _, err := conn.Write(early); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+			conn.Close()
+			return nil, err
+		}
+	}
+	if err := sockinfo.WaitEstablished(ctx, conn); err != nil {
+		err = connectError(conn, err)
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// connectError prefers the socket's pending error (what the kernel learnt
+// from a RST or an ICMP message) over the wait's own error.
+func connectError(conn *net.TCPConn, waitErr error) error {
+	if errors.Is(waitErr, context.DeadlineExceeded) || errors.Is(waitErr, context.Canceled) {
+		return waitErr
+	}
+	var soErr int
+	rc, err := conn.SyscallConn()
+	if err == nil {
+		rc.Control(func(fd uintptr) {
+			soErr, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		})
+	}
+	if soErr != 0 {
+		return os.NewSyscallError("connect", syscall.Errno(soErr))
+	}
+	return waitErr
+}
+
+// dialRefusal maps a failed server-leg connect to the Error TLV the Client
+// gets (spec §6, errno table). The kernel folds several ICMP codes into one
+// errno, so the ICMP code is the most likely one for that errno.
+func dialRefusal(dest netip.AddrPort, err error) *refusal {
+	v4 := dest.Addr().Is4()
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, unix.ETIMEDOUT):
+		return refuse(tlv.CodeNetworkFailure, nil, "connect to %s timed out", dest)
+	case !errors.As(err, &errno):
+		return refuse(tlv.CodeNetworkFailure, nil, "connect to %s: %v", dest, err)
+	}
+	switch errno {
+	case unix.ECONNREFUSED, unix.ECONNRESET:
+		return refuse(tlv.CodeConnectionReset, nil, "connect to %s: %v", dest, err)
+	case unix.ENETUNREACH, unix.EHOSTUNREACH:
+		if !routeExists(dest.Addr()) {
+			return refuse(tlv.CodeNetworkFailure, nil, "no route to %s", dest)
+		}
+		return refuse(tlv.CodeDestinationUnreachable, []byte{icmpCode(errno, v4)}, "connect to %s: %v", dest, err)
+	case unix.EHOSTDOWN, unix.ENONET, unix.ENOPROTOOPT, unix.EOPNOTSUPP:
+		return refuse(tlv.CodeDestinationUnreachable, []byte{icmpCode(errno, v4)}, "connect to %s: %v", dest, err)
+	case unix.EACCES, unix.EPERM:
+		if !v4 {
+			// ICMPv6 administratively prohibited / policy failure.
+			return refuse(tlv.CodeDestinationUnreachable, []byte{1}, "connect to %s: %v", dest, err)
+		}
+		return refuse(tlv.CodeNetworkFailure, nil, "connect to %s: %v", dest, err)
+	case unix.EADDRNOTAVAIL, unix.EADDRINUSE, unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+		return refuse(tlv.CodeResourceExceeded, nil, "connect to %s: %v", dest, err)
+	}
+	return refuse(tlv.CodeNetworkFailure, nil, "connect to %s: %v", dest, err)
+}
+
+// icmpCode is the ICMP (v4) or ICMPv6 code that Linux turns into errno
+// (net/ipv4/icmp.c icmp_err_convert, net/ipv6/icmp.c icmpv6_err_convert).
+func icmpCode(errno syscall.Errno, v4 bool) byte {
+	switch errno {
+	case unix.ENETUNREACH:
+		return 0 // net unreachable / no route
+	case unix.EHOSTUNREACH:
+		if v4 {
+			return 1 // host unreachable
+		}
+		return 3 // address unreachable
+	case unix.ENOPROTOOPT:
+		return 2
+	case unix.EOPNOTSUPP:
+		return 5
+	case unix.EHOSTDOWN:
+		return 7
+	case unix.ENONET:
+		return 8
+	}
+	return 0
+}
+
+// routeExists tells an unreachable error that came back as ICMP from one
+// the local routing table produced (no route at all: Network Failure).
+func routeExists(a netip.Addr) bool {
+	routes, err := netlink.RouteGet(a.AsSlice())
+	return err == nil && len(routes) > 0
+}
+
+// errDialCanceled is returned when the daemon stops during a dial.
+var errDialCanceled = fmt.Errorf("server leg: %w", context.Canceled)

@@ -1,0 +1,102 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/convert-tc/converter/sockinfo"
+)
+
+// fastOpenQueue is the TFO queue length of each listener: how many
+// connections may hold SYN data before their handshake completes.
+const fastOpenQueue = 4096
+
+// tfoServerBit is the server bit of net.ipv4.tcp_fastopen: without it the
+// kernel refuses data in SYNs whatever the socket options say.
+const tfoServerBit = 0x2
+
+// listen opens one client-facing listener: MPTCP explicitly on (plain TCP
+// clients fall back transparently), TCP Fast Open with no cookie so that a
+// Convert message in the SYN is accepted at once.
+func listen(ctx context.Context, addr string) (*net.TCPListener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return setSockopts(c, []sockopt{
+			{unix.IPPROTO_TCP, unix.TCP_FASTOPEN, fastOpenQueue, "TCP_FASTOPEN"},
+			{unix.IPPROTO_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1, "TCP_FASTOPEN_NO_COOKIE"},
+		})
+	}}
+	lc.SetMultipathTCP(true)
+	l, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	tl := l.(*net.TCPListener)
+	// Go quietly falls back to plain TCP when the kernel refuses an MPTCP
+	// socket; a converter without MPTCP is no converter, so say so.
+	if !sockinfo.IsMPTCP(tl) {
+		tl.Close()
+		return nil, fmt.Errorf("listen on %s: the kernel gave a plain TCP socket: MPTCP is unavailable (is net.mptcp.enabled=1 in this network namespace?)", addr)
+	}
+	return tl, nil
+}
+
+// CheckKernel reports what stops this network namespace from accepting
+// Convert messages in SYNs.
+func CheckKernel() error {
+	v, err := readSysctl("net/ipv4/tcp_fastopen")
+	if err != nil {
+		return fmt.Errorf("read net.ipv4.tcp_fastopen: %w", err)
+	}
+	if v&tfoServerBit == 0 {
+		return fmt.Errorf("net.ipv4.tcp_fastopen=%#x lacks the server bit 0x2, so data in SYNs would be refused: run sysctl -w net.ipv4.tcp_fastopen=%d", v, v|tfoServerBit|0x1)
+	}
+	m, err := readSysctl("net/mptcp/enabled")
+	if err != nil {
+		return fmt.Errorf("read net.mptcp.enabled (kernel without MPTCP?): %w", err)
+	}
+	if m == 0 {
+		return fmt.Errorf("net.mptcp.enabled=0: run sysctl -w net.mptcp.enabled=1")
+	}
+	return nil
+}
+
+func readSysctl(name string) (int, error) {
+	b, err := os.ReadFile("/proc/sys/" + name)
+	if err != nil {
+		return 0, err
+	}
+	s := strings.TrimSpace(string(b))
+	v, err := strconv.ParseInt(s, 0, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parse %q: %w", s, err)
+	}
+	return int(v), nil
+}
+
+type sockopt struct {
+	level, opt, value int
+	name              string
+}
+
+func setSockopts(c syscall.RawConn, opts []sockopt) error {
+	var err error
+	ctlErr := c.Control(func(fd uintptr) {
+		for _, o := range opts {
+			if e := unix.SetsockoptInt(int(fd), o.level, o.opt, o.value); e != nil {
+				err = fmt.Errorf("setsockopt(%s, %d): %w", o.name, o.value, e)
+				return
+			}
+		}
+	})
+	if ctlErr != nil {
+		return ctlErr
+	}
+	return err
+}

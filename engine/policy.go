@@ -1,0 +1,150 @@
+package engine
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/convert-tc/converter/tlv"
+)
+
+// admit applies the policy steps of the validation order (spec §7): 9 the
+// cookie, 10 the destination, 11 authorisation, 12 the TCP options, 13 the
+// resources. On success the caller holds a pending slot for the Client and
+// must release it.
+func (s *Server) admit(m *tlv.Message, client netip.Addr) *refusal {
+	if r := s.checkCookie(m, client); r != nil {
+		return r
+	}
+	if err := m.CheckDestination(); err != nil {
+		return fromParse(err)
+	}
+	if r := s.authorize(m, client); r != nil {
+		return r
+	}
+	if err := m.CheckConnectOptions(s.cfg.SupportedOptions); err != nil {
+		return fromParse(err)
+	}
+	return s.reserve(client)
+}
+
+func (s *Server) checkCookie(m *tlv.Message, client netip.Addr) *refusal {
+	keys := s.cfg.Cookies
+	if keys == nil {
+		return nil // not in cookie mode: a Cookie TLV is ignored
+	}
+	got, ok := m.Cookie()
+	if !ok {
+		fresh := append([]byte{0}, keys.Make(client)...)
+		return refuse(tlv.CodeMissingCookie, fresh, "no cookie from %s", client)
+	}
+	if !keys.Valid(client, got) {
+		return refuse(tlv.CodeNotAuthorized, nil, "invalid cookie from %s", client)
+	}
+	return nil
+}
+
+func (s *Server) authorize(m *tlv.Message, client netip.Addr) *refusal {
+	if len(s.cfg.AllowClients) > 0 && !contains(s.cfg.AllowClients, client) {
+		return refuse(tlv.CodeNotAuthorized, nil, "client %s not allowed", client)
+	}
+	c, ok := m.Connect()
+	if !ok {
+		return nil
+	}
+	if contains(s.cfg.Deny, c.Addr) {
+		return refuse(tlv.CodeNotAuthorized, nil, "destination %s denied", c.Addr)
+	}
+	if s.own.has(c.Addr) {
+		// Never connect to ourselves: that loops through the converter.
+		return refuse(tlv.CodeNotAuthorized, nil, "destination %s is the converter's own address", c.Addr)
+	}
+	return nil
+}
+
+func contains(ps []netip.Prefix, a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// reserve takes a pending slot for client, or refuses with Resource
+// Exceeded when the Client or the converter is at its limit.
+func (s *Server) reserve(client netip.Addr) *refusal {
+	backoff := []byte{s.cfg.Backoff}
+	if n := s.active.Load(); n > int64(s.cfg.MaxSessions) {
+		return refuse(tlv.CodeResourceExceeded, backoff, "%d sessions, limit %d", n, s.cfg.MaxSessions)
+	}
+	if !s.pending.take(client, s.cfg.MaxPendingPerClient) {
+		return refuse(tlv.CodeResourceExceeded, backoff, "client %s has %d pending sessions", client, s.cfg.MaxPendingPerClient)
+	}
+	return nil
+}
+
+// pendingCounts counts, per Client address, the sessions between accept
+// and the start of the relay.
+type pendingCounts struct {
+	mu sync.Mutex
+	n  map[netip.Addr]int
+}
+
+func (p *pendingCounts) take(a netip.Addr, limit int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == nil {
+		p.n = make(map[netip.Addr]int)
+	}
+	if p.n[a] >= limit {
+		return false
+	}
+	p.n[a]++
+	return true
+}
+
+func (p *pendingCounts) release(a netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[a] <= 1 {
+		delete(p.n, a)
+		return
+	}
+	p.n[a]--
+}
+
+// ownAddrs is the set of this host's addresses, refreshed now and then so
+// that addresses added after start are refused too.
+type ownAddrs struct {
+	mu      sync.Mutex
+	addrs   map[netip.Addr]bool
+	fetched time.Time
+}
+
+const ownAddrsMaxAge = 5 * time.Second
+
+func (o *ownAddrs) has(a netip.Addr) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.addrs == nil || time.Since(o.fetched) > ownAddrsMaxAge {
+		o.refresh()
+	}
+	return o.addrs[a.Unmap()]
+}
+
+func (o *ownAddrs) refresh() {
+	ifAddrs, err := net.InterfaceAddrs()
+	if err != nil && o.addrs != nil {
+		return // keep the last good set
+	}
+	m := make(map[netip.Addr]bool, len(ifAddrs))
+	for _, ia := range ifAddrs {
+		if p, err := netip.ParsePrefix(ia.String()); err == nil {
+			m[p.Addr().Unmap()] = true
+		}
+	}
+	o.addrs, o.fetched = m, time.Now()
+}

@@ -1,0 +1,74 @@
+package engine
+
+import (
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// relayChunk is how many bytes one io.Copy may move before the session's
+// counters and activity time are updated. io.LimitedReader over a
+// *net.TCPConn keeps the splice path.
+const relayChunk = 1 << 20
+
+// relay moves bytes between the two legs until both directions ended. A
+// clean end of one direction is passed on as a half-close; a reset or an
+// error on either leg aborts both.
+func (s *session) relay() {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.copyClientToServer()
+	}()
+	s.copyServerToClient()
+	wg.Wait()
+}
+
+func (s *session) copyClientToServer() {
+	s.pump(s.server, s.client, &s.bytesToServer)
+}
+
+func (s *session) copyServerToClient() {
+	s.pump(s.client, s.server, &s.bytesToClient)
+}
+
+// pump copies src to dst in chunks. On EOF it half-closes dst; on any error
+// it aborts both legs so that the other direction ends too.
+func (s *session) pump(dst, src *net.TCPConn, count *atomic.Int64) {
+	lr := &io.LimitedReader{R: src}
+	for {
+		lr.N = relayChunk
+		n, err := io.Copy(dst, lr)
+		if n > 0 {
+			count.Add(n)
+			s.touch()
+		}
+		switch {
+		case err != nil:
+			s.abortBoth(err)
+			return
+		case lr.N > 0: // the source ended before the chunk did: EOF
+			dst.CloseWrite()
+			return
+		}
+	}
+}
+
+func (s *session) touch() { s.lastActive.Store(time.Now().UnixNano()) }
+
+// abortBoth resets both legs once; later calls do nothing.
+func (s *session) abortBoth(cause error) {
+	s.abortOnce.Do(func() {
+		s.setEndReason("aborted: " + cause.Error())
+		s.mu.Lock()
+		server := s.server
+		s.mu.Unlock()
+		abort(s.client)
+		if server != nil {
+			abort(server)
+		}
+	})
+}

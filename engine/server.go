@@ -1,0 +1,350 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/convert-tc/converter/sockinfo"
+	"github.com/convert-tc/converter/tlv"
+)
+
+// Server is one converter: its listeners, policy state and sessions.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	own     ownAddrs
+	pending pendingCounts
+	active  atomic.Int64
+	nextID  atomic.Uint64
+	stats   counters
+
+	mu        sync.Mutex
+	listeners []*net.TCPListener
+	sessions  map[*session]struct{}
+	wg        sync.WaitGroup
+}
+
+// New checks cfg and returns a Server that is not listening yet.
+func New(cfg Config) (*Server, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("converter config: %w", err)
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{})}, nil
+}
+
+// Listen opens every configured listener after checking that the kernel
+// can take Convert messages in SYNs.
+func (s *Server) Listen(ctx context.Context) error {
+	if err := CheckKernel(); err != nil {
+		return fmt.Errorf("kernel check: %w", err)
+	}
+	for _, addr := range s.cfg.Listen {
+		l, err := listen(ctx, addr)
+		if err != nil {
+			s.closeListeners()
+			return err
+		}
+		s.mu.Lock()
+		s.listeners = append(s.listeners, l)
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// Addrs returns the addresses the Server listens on.
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []net.Addr
+	for _, l := range s.listeners {
+		out = append(out, l.Addr())
+	}
+	return out
+}
+
+// Serve accepts and converts connections until ctx ends, then closes the
+// listeners, aborts the sessions left and waits for them.
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	ls := append([]*net.TCPListener(nil), s.listeners...)
+	s.mu.Unlock()
+	if len(ls) == 0 {
+		return errors.New("serve: no listener (call Listen first)")
+	}
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { errc <- s.acceptLoop(ctx, l) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.closeListeners()
+	s.stopSessions()
+	s.wg.Wait()
+	return err
+}
+
+// Run is Listen then Serve.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Listen(ctx); err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}
+
+func (s *Server) acceptLoop(ctx context.Context, l *net.TCPListener) error {
+	var delay time.Duration
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of fds or memory: back off instead of spinning; the
+			// sessions that end free what the next accept needs.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed", "listener", l.Addr().String(), "error", err.Error(), "retry_in", delay.String())
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serve(ctx, c)
+		}()
+	}
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.listeners {
+		l.Close()
+	}
+}
+
+func (s *Server) stopSessions() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sess := range s.sessions {
+		sess.abortBoth(errors.New("converter stopping"))
+	}
+}
+
+func (s *Server) track(sess *session) {
+	s.mu.Lock()
+	s.sessions[sess] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Server) untrack(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+}
+
+// readBufLen holds the largest Convert message and the application data
+// that fits in a SYN with it.
+const readBufLen = 4096
+
+// serve runs one Client connection from accept to close.
+func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
+	s.active.Add(1)
+	defer s.active.Add(-1)
+	sess := s.newSession(c)
+	s.track(sess)
+	defer s.untrack(sess)
+
+	buf := make([]byte, readBufLen)
+	var m tlv.Message
+	n, got, r := s.readRequest(c, buf, &m)
+	if r == nil {
+		r = s.admit(&m, sess.clientAddr.Addr())
+		if r == nil {
+			defer s.pending.release(sess.clientAddr.Addr())
+		}
+	}
+	if r != nil {
+		s.finishRefused(sess, r)
+		return
+	}
+	conn, ok := m.Connect()
+	if !ok {
+		s.finishInfo(sess)
+		return
+	}
+	sess.dest = conn.AddrPort()
+	sess.log = sess.log.With("destination", sess.dest.String())
+	if r := s.connect(ctx, sess, conn, buf[n:got]); r != nil {
+		s.finishRefused(sess, r)
+		return
+	}
+	reply := successReply(m.Info(), s.cfg.SupportedKinds, sess.synAckOptions)
+	if err := s.replyToClient(ctx, sess, reply); err != nil {
+		sess.setEndReason("reply: " + err.Error())
+		abort(sess.client)
+		abort(sess.server)
+		s.logEnd(sess)
+		return
+	}
+	s.pending.release(sess.clientAddr.Addr())
+	s.stats.converted.Add(1)
+	s.runRelay(sess)
+}
+
+// readRequest reads until the Client's Convert message is complete, the
+// Client stops sending, or the handshake deadline passes. It returns the
+// message length and how many bytes were read.
+func (s *Server) readRequest(c *net.TCPConn, buf []byte, m *tlv.Message) (int, int, *refusal) {
+	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	defer c.SetReadDeadline(time.Time{})
+	got := 0
+	for {
+		k, rerr := c.Read(buf[got:])
+		got += k
+		n, perr := tlv.ParseRequest(buf[:got], m)
+		if perr == nil {
+			return n, got, nil
+		}
+		var pe *tlv.ParseError
+		if !errors.As(perr, &pe) || !pe.Truncated || got == len(buf) {
+			return 0, got, fromParse(perr)
+		}
+		if rerr != nil {
+			if isEOFOrTimeout(rerr) {
+				return 0, got, fromParse(perr)
+			}
+			return 0, got, &refusal{action: tlv.ActionAbort, reason: "read: " + rerr.Error()}
+		}
+	}
+}
+
+// connect dials the server leg; early holds the Client bytes that came with
+// the Convert message.
+func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, early []byte) *refusal {
+	mptcp := false
+	for o := range conn.ConnectOptions() {
+		mptcp = mptcp || o.Kind == tlv.OptMPTCP
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer cancel()
+	server, err := dialServer(dctx, sess.dest, mptcp, early)
+	if err != nil {
+		if ctx.Err() != nil {
+			return &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
+		}
+		s.stats.dialFailures.Add(1)
+		return dialRefusal(sess.dest, err)
+	}
+	sess.setServer(server)
+	sess.bytesToServer.Add(int64(len(early)))
+	info, err := sockinfo.GetTCPInfo(server)
+	if err == nil {
+		sess.synAckOptions = synthesizeSynAckOptions(info, multipath(server))
+		sess.synthesized = true
+	}
+	return nil
+}
+
+// replyToClient waits for the Client's handshake to complete (an MPTCP
+// socket written in SYN_RECV can stall forever on Linux) and writes the
+// reply in one write, before any server byte.
+func (s *Server) replyToClient(ctx context.Context, sess *session, reply []byte) error {
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	if err := sockinfo.WaitEstablished(wctx, sess.client); err != nil {
+		return fmt.Errorf("wait for the client handshake: %w", err)
+	}
+	sess.client.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	defer sess.client.SetWriteDeadline(time.Time{})
+	if _, err := sess.client.Write(reply); err != nil {
+		return fmt.Errorf("write reply: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) runRelay(sess *session) {
+	if idle := s.cfg.IdleTimeout; idle > 0 {
+		t := time.AfterFunc(idle, func() { sess.checkIdle(idle) })
+		sess.idleTimer = t
+		defer t.Stop()
+	}
+	sess.touch()
+	sess.relay()
+	sess.client.Close()
+	sess.server.Close()
+	s.logEnd(sess)
+}
+
+func (s *Server) finishRefused(sess *session, r *refusal) {
+	s.stats.refusal(r)
+	attrs := []any{"action", r.action.String(), "reason", r.reason}
+	if r.action == tlv.ActionReply {
+		attrs = append(attrs, "code", int(r.code), "error", r.code.String())
+	}
+	sess.log.Info("refused", attrs...)
+	if r.action == tlv.ActionReply {
+		closeWithError(sess.client, r.reply, s.cfg.DrainTimeout)
+		return
+	}
+	abort(sess.client)
+}
+
+func (s *Server) finishInfo(sess *session) {
+	s.stats.infoOnly.Add(1)
+	sess.log.Info("info answered")
+	closeWithError(sess.client, infoReply(s.cfg.SupportedKinds), s.cfg.DrainTimeout)
+}
+
+func (s *Server) logEnd(sess *session) {
+	sess.log.Info("session end",
+		"bytes_to_server", sess.bytesToServer.Load(),
+		"bytes_to_client", sess.bytesToClient.Load(),
+		"duration_ms", time.Since(sess.start).Milliseconds(),
+		"syn_ack_options", map[bool]string{true: "synthesized", false: "exact"}[sess.synthesized],
+		"end", sess.reason())
+}
+
+func isEOFOrTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// newSession records what is known at accept time.
+func (s *Server) newSession(c *net.TCPConn) *session {
+	sess := &session{id: s.nextID.Add(1), client: c, start: time.Now(), mptcp: multipath(c)}
+	sess.clientAddr = unmapAddrPort(c.RemoteAddr())
+	if info, err := sockinfo.GetTCPInfo(c); err == nil {
+		sess.synData = info.SynData()
+	}
+	s.stats.accepted(sess)
+	sess.log = s.log.With("session", sess.id, "client", sess.clientAddr.String(), "mptcp", sess.mptcp)
+	return sess
+}
+
+func unmapAddrPort(a net.Addr) netip.AddrPort {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ta.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// multipath reports whether c is (still) an MPTCP connection.
+func multipath(c *net.TCPConn) bool {
+	ok, err := c.MultipathTCP()
+	return ok && err == nil
+}

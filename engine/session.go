@@ -1,0 +1,139 @@
+package engine
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/convert-tc/converter/tlv"
+)
+
+// session is one converted connection: the Client leg, the server leg and
+// what the operator wants to know about them.
+type session struct {
+	id         uint64
+	client     *net.TCPConn
+	clientAddr netip.AddrPort
+	dest       netip.AddrPort
+	start      time.Time
+	mptcp      bool // the Client leg is MPTCP (false: plain TCP or fallback)
+	synData    bool // the Convert message came in the SYN
+	log        *slog.Logger
+
+	synAckOptions []byte
+	synthesized   bool // synAckOptions rebuilt from TCP_INFO, not captured
+
+	bytesToServer, bytesToClient atomic.Int64
+	lastActive                   atomic.Int64 // unix nanoseconds
+	idleTimer                    *time.Timer
+	abortOnce                    sync.Once
+
+	mu        sync.Mutex
+	server    *net.TCPConn
+	endReason string
+}
+
+func (s *session) setServer(c *net.TCPConn) {
+	s.mu.Lock()
+	s.server = c
+	s.mu.Unlock()
+}
+
+// setEndReason keeps the first reason given: it is the cause, later ones
+// are consequences.
+func (s *session) setEndReason(r string) {
+	s.mu.Lock()
+	if s.endReason == "" {
+		s.endReason = r
+	}
+	s.mu.Unlock()
+}
+
+func (s *session) reason() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.endReason == "" {
+		return "closed"
+	}
+	return s.endReason
+}
+
+var errIdle = errors.New("idle timeout")
+
+// checkIdle aborts the session when no byte moved for idle, or re-arms the
+// timer for the time left.
+func (s *session) checkIdle(idle time.Duration) {
+	since := time.Since(time.Unix(0, s.lastActive.Load()))
+	if since >= idle {
+		s.abortBoth(errIdle)
+		return
+	}
+	s.idleTimer.Reset(idle - since)
+}
+
+// counters are the converter's event counts.
+type counters struct {
+	accepts, mptcp, fallback, synData atomic.Uint64
+	converted, infoOnly, dialFailures atomic.Uint64
+	resets, aborts                    atomic.Uint64
+	refused                           [256]atomic.Uint64 // by Error code
+}
+
+func (c *counters) accepted(s *session) {
+	c.accepts.Add(1)
+	if s.mptcp {
+		c.mptcp.Add(1)
+	} else {
+		c.fallback.Add(1)
+	}
+	if s.synData {
+		c.synData.Add(1)
+	}
+}
+
+func (c *counters) refusal(r *refusal) {
+	switch r.action {
+	case tlv.ActionReset:
+		c.resets.Add(1)
+	case tlv.ActionAbort:
+		c.aborts.Add(1)
+	default:
+		c.refused[r.code].Add(1)
+	}
+}
+
+// Stats is a snapshot of the counters.
+type Stats struct {
+	Accepted     uint64            `json:"accepted"`
+	MPTCP        uint64            `json:"mptcp"`
+	PlainTCP     uint64            `json:"plain_tcp"`
+	SynData      uint64            `json:"syn_data"`
+	Converted    uint64            `json:"converted"`
+	InfoOnly     uint64            `json:"info_only"`
+	DialFailures uint64            `json:"dial_failures"`
+	Resets       uint64            `json:"resets"`
+	Aborts       uint64            `json:"silent_aborts"`
+	Refused      map[string]uint64 `json:"refused"` // by Error code name
+	Active       int64             `json:"active"`
+}
+
+// Stats returns the counters as they are now.
+func (s *Server) Stats() Stats {
+	c := &s.stats
+	st := Stats{
+		Accepted: c.accepts.Load(), MPTCP: c.mptcp.Load(), PlainTCP: c.fallback.Load(),
+		SynData: c.synData.Load(), Converted: c.converted.Load(), InfoOnly: c.infoOnly.Load(),
+		DialFailures: c.dialFailures.Load(), Resets: c.resets.Load(), Aborts: c.aborts.Load(),
+		Refused: map[string]uint64{}, Active: s.active.Load(),
+	}
+	for i := range c.refused {
+		if n := c.refused[i].Load(); n > 0 {
+			st.Refused[tlv.ErrorCode(i).String()] = n
+		}
+	}
+	return st
+}
