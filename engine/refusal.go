@@ -42,4 +42,3 @@ func fromParse(err error) *refusal {
 	}
 	return &refusal{action: pe.Action, code: pe.Code, reply: pe.AppendReply(nil), reason: pe.Reason}
 }
-
