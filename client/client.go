@@ -103,6 +103,21 @@ func Dial(ctx context.Context, o Options, early []byte) (*Conn, error) {
 	return conn, nil
 }
 
+// DialRaw opens a connection to a converter whose SYN carries payload as
+// it is, without checking it: for tests and labs that send malformed
+// messages on purpose.
+func DialRaw(ctx context.Context, via netip.AddrPort, mptcp bool, payload []byte) (*net.TCPConn, error) {
+	c, err := dialFastOpen(ctx, via, mptcp)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write(payload); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("send to %s: %w", via, err)
+	}
+	return c, nil
+}
+
 func dialFastOpen(ctx context.Context, via netip.AddrPort, mptcp bool) (*net.TCPConn, error) {
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		var err error

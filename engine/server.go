@@ -25,6 +25,7 @@ type Server struct {
 	active  atomic.Int64
 	nextID  atomic.Uint64
 	stats   counters
+	buffers *bufferPool
 
 	mu        sync.Mutex
 	listeners []*net.TCPListener
@@ -38,7 +39,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("converter config: %w", err)
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{})}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), buffers: newBufferPool()}, nil
 }
 
 // Listen opens every configured listener after checking that the kernel
@@ -324,7 +325,7 @@ func isEOFOrTimeout(err error) bool {
 
 // newSession records what is known at accept time.
 func (s *Server) newSession(c *net.TCPConn) *session {
-	sess := &session{id: s.nextID.Add(1), client: c, start: time.Now(), mptcp: multipath(c)}
+	sess := &session{id: s.nextID.Add(1), client: c, start: time.Now(), mptcp: multipath(c), buffers: s.buffers}
 	sess.clientAddr = unmapAddrPort(c.RemoteAddr())
 	if info, err := sockinfo.GetTCPInfo(c); err == nil {
 		sess.synData = info.SynData()

@@ -30,6 +30,7 @@ type session struct {
 	bytesToServer, bytesToClient atomic.Int64
 	lastActive                   atomic.Int64 // unix nanoseconds
 	idleTimer                    *time.Timer
+	buffers                      *bufferPool
 	abortOnce                    sync.Once
 
 	mu        sync.Mutex

@@ -111,6 +111,21 @@ func TestReplyAccessors(t *testing.T) {
 	if !slices.Equal(got, []uint8{2, 4, 8, 1, 3}) {
 		t.Errorf("SYN+ACK option kinds = %v", got)
 	}
+	// A window scale of 0 ends in a zero byte that is not padding.
+	m.Reset()
+	m.Add(ExtendedTCPHeaderTLV([]byte{1, 3, 3, 0}))
+	b, _ := m.Encode()
+	if _, err := ParseReply(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	opts, _ = m.ExtendedTCPHeader()
+	var ws []TCPOption
+	for o := range HeaderOptions(opts) {
+		ws = append(ws, o)
+	}
+	if len(ws) != 2 || ws[1].Kind != OptWindowScale || !bytes.Equal(ws[1].Data, []byte{0}) {
+		t.Errorf("window scale 0 lost: %+v", ws)
+	}
 	if _, err := ParseReply(vectorByID(t, "C3"), &m); err != nil {
 		t.Fatal(err)
 	}
@@ -181,6 +196,16 @@ func normalize(ts []TLV) []TLV {
 		out[i] = TLV{Type: t.Type, Length: t.Length, Value: append([]byte{}, t.Value...)}
 	}
 	return out
+}
+
+func TestPartialTLVsKeptOnRefusal(t *testing.T) {
+	var m Message
+	if _, err := ParseRequest(vectorByID(t, "D4"), &m); err == nil {
+		t.Fatal("D4 must be refused")
+	}
+	if len(m.TLVs()) != 1 || m.TLVs()[0].Type != TypeConnect {
+		t.Fatalf("TLVs after refusal = %+v, want the Connect decoded before the fault", m.TLVs())
+	}
 }
 
 func TestAddRefusesDuplicates(t *testing.T) {

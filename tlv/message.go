@@ -31,7 +31,9 @@ type Message struct {
 	wire []byte // the parsed bytes, for echoes; nil for built messages
 }
 
-// TLVs returns the TLVs in the order they appear on the wire.
+// TLVs returns the TLVs in the order they appear on the wire. After a
+// refused parse it holds the TLVs that were decoded before the fault, for
+// dissectors.
 func (m *Message) TLVs() []TLV { return m.tlvs[:m.n] }
 
 // Reset empties m for reuse.
@@ -87,14 +89,16 @@ func (m *Message) Cookie() ([]byte, bool) {
 	return trimZeros(t.Value[cookieValuePrefix:]), true
 }
 
-// ExtendedTCPHeader returns the option bytes of an Extended TCP Header TLV
-// with the TLV's zero padding removed.
+// ExtendedTCPHeader returns the option bytes of an Extended TCP Header TLV,
+// zero padding included: trailing zeros may belong to an option (a window
+// scale of 0, a timestamp ending in 00), and to a TCP header the padding
+// reads as EOL, which HeaderOptions stops at.
 func (m *Message) ExtendedTCPHeader() ([]byte, bool) {
 	t, ok := m.find(TypeExtendedTCPHeader)
 	if !ok || len(t.Value) < extendedHeaderValuePrefix {
 		return nil, false
 	}
-	return trimZeros(t.Value[extendedHeaderValuePrefix:]), true
+	return t.Value[extendedHeaderValuePrefix:], true
 }
 
 // SupportedTCPExtensions returns the listed option kinds; kind 0 is never
@@ -166,12 +170,15 @@ func (c Connect) ConnectOptions() iter.Seq[TCPOption] {
 }
 
 // HeaderOptions walks TCP options as they sit in a TCP header (Extended TCP
-// Header TLV): EOL and NOP are one byte each and are yielded too; anything
-// that does not fit ends the walk.
+// Header TLV): NOP is yielded as a one-byte option, EOL ends the list (the
+// TLV padding reads as EOL), and an option that does not fit ends the walk.
 func HeaderOptions(b []byte) iter.Seq[TCPOption] {
 	return func(yield func(TCPOption) bool) {
 		for len(b) > 0 {
-			if b[0] == OptEOL || b[0] == OptNOP {
+			if b[0] == OptEOL {
+				return
+			}
+			if b[0] == OptNOP {
 				if !yield(TCPOption{Kind: b[0]}) {
 					return
 				}

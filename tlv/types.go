@@ -25,18 +25,18 @@ type Type uint8
 
 // TLV types defined by RFC 8803.
 const (
-	TypeInfo                    Type = 0x01
-	TypeConnect                 Type = 0x0a
-	TypeExtendedTCPHeader       Type = 0x14
-	TypeSupportedTCPExtensions  Type = 0x15
-	TypeCookie                  Type = 0x16
-	TypeError                   Type = 0x1e
-	typeReserved                Type = 0x00
-	connectBaseWords                 = 5
-	connectFixedLen                  = 20 // type, length, port, 16-byte address
-	extendedHeaderValuePrefix        = 2  // the Unassigned field
-	supportedExtensionsValuePrefix   = 2  // the Unassigned field
-	cookieValuePrefix                = 2  // the Zero field
+	TypeInfo                       Type = 0x01
+	TypeConnect                    Type = 0x0a
+	TypeExtendedTCPHeader          Type = 0x14
+	TypeSupportedTCPExtensions     Type = 0x15
+	TypeCookie                     Type = 0x16
+	TypeError                      Type = 0x1e
+	typeReserved                   Type = 0x00
+	connectBaseWords                    = 5
+	connectFixedLen                     = 20 // type, length, port, 16-byte address
+	extendedHeaderValuePrefix           = 2  // the Unassigned field
+	supportedExtensionsValuePrefix      = 2  // the Unassigned field
+	cookieValuePrefix                   = 2  // the Zero field
 )
 
 // String returns the name RFC 8803 gives the type.

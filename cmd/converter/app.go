@@ -63,7 +63,14 @@ func newApp(io stdio) *cli.App {
 			runCommand(io),
 			connectCommand(io),
 			decodeCommand(io),
+			benchCommand(io),
+			labCommand(io),
 		},
+	}
+	// urfave/cli applies the app's OnUsageError to the app's own flags
+	// only: give every command the same exit code for a bad flag.
+	for _, c := range app.Commands {
+		setUsageExit(c, app.OnUsageError)
 	}
 	return app
 }
@@ -71,4 +78,13 @@ func newApp(io stdio) *cli.App {
 // usageError is a CLI error with the usage exit code.
 func usageError(format string, a ...any) error {
 	return cli.Exit(fmt.Sprintf("converter: "+format, a...), exitUsage)
+}
+
+func setUsageExit(c *cli.Command, f cli.OnUsageErrorFunc) {
+	if c.OnUsageError == nil {
+		c.OnUsageError = f
+	}
+	for _, sub := range c.Subcommands {
+		setUsageExit(sub, f)
+	}
 }

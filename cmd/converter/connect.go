@@ -215,5 +215,5 @@ func (cr *chunkReader) copyTo(w io.Writer) error {
 
 // printReply shows the converter's reply for -v.
 func printReply(w io.Writer, reply []byte) {
-	fmt.Fprintf(w, "convert reply: %x\n", reply)
+	fmt.Fprint(w, msgText(decodeMessage(reply, msgReply)))
 }

@@ -1,0 +1,63 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/convert-tc/converter/session"
+)
+
+// FetchSessions asks the daemon serving on the unix socket path for its
+// session table, refreshed from the sockets.
+func FetchSessions(ctx context.Context, path string) (session.Snapshot, error) {
+	var s session.Snapshot
+	err := get(ctx, path, "/sessions", &s)
+	return s, err
+}
+
+// FetchSession asks for one session.
+func FetchSession(ctx context.Context, path string, id uint64) (session.Info, error) {
+	var in session.Info
+	err := get(ctx, path, "/sessions/"+strconv.FormatUint(id, 10), &in)
+	return in, err
+}
+
+// FetchStats asks for the counters, by source name, undecoded.
+func FetchStats(ctx context.Context, path string) (map[string]json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	err := get(ctx, path, "/stats", &m)
+	return m, err
+}
+
+// get does one GET over the unix socket and decodes the JSON answer.
+func get(ctx context.Context, path, route string, v any) error {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	defer tr.CloseIdleConnections()
+	// The host is a placeholder: the transport always dials path.
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://converter"+route, nil)
+	if err != nil {
+		return fmt.Errorf("control request %s: %w", route, err)
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return fmt.Errorf("control request %s on %s: %w", route, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("control request %s on %s: %s: %s", route, path, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("control request %s on %s: decode the answer: %w", route, path, err)
+	}
+	return nil
+}

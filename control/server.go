@@ -1,0 +1,201 @@
+// Package control serves the converter's session table and counters as
+// JSON over HTTP on a unix socket, for `converter sessions` and operators.
+//
+//	GET /sessions        the table ({"sessions":[...]}), refreshed from the sockets
+//	GET /sessions/{id}   one session
+//	GET /stats           every registered counter source, by name
+//
+// Add ?refresh=0 to a sessions request to skip the socket reads. The
+// socket is mode 0600: only its owner (root) may use it.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/convert-tc/converter/session"
+)
+
+// DefaultSocket is where the daemon serves and the CLI looks by default.
+const DefaultSocket = "/run/converter/control.sock"
+
+// shutdownTimeout bounds how long Serve waits for requests in flight.
+const shutdownTimeout = 5 * time.Second
+
+// Server serves one session table and named counter sources.
+type Server struct {
+	table *session.Table
+	log   *slog.Logger
+
+	mu    sync.Mutex
+	stats map[string]func() any
+}
+
+// New returns a Server for table. Its counts are served in /stats as
+// "session_table". A nil log discards.
+func New(table *session.Table, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{table: table, log: log, stats: make(map[string]func() any)}
+	s.Register("session_table", func() any { return table.Counts() })
+	return s
+}
+
+// Register adds a counter source to /stats under name; fn must return
+// something encoding/json can encode, and be safe to call concurrently.
+func (s *Server) Register(name string, fn func() any) {
+	s.mu.Lock()
+	s.stats[name] = fn
+	s.mu.Unlock()
+}
+
+// Handler returns the HTTP routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /sessions", s.sessions)
+	mux.HandleFunc("GET /sessions/{id}", s.session)
+	mux.HandleFunc("GET /stats", s.statsHandler)
+	return mux
+}
+
+func (s *Server) sessions(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, s.table.Snapshot(refresh(r)))
+}
+
+func (s *Server) session(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		http.Error(w, "session id must be a decimal number", http.StatusBadRequest)
+		return
+	}
+	in, ok := s.table.Lookup(id, refresh(r))
+	if !ok {
+		http.Error(w, fmt.Sprintf("no session %d", id), http.StatusNotFound)
+		return
+	}
+	writeJSON(w, in)
+}
+
+func (s *Server) statsHandler(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	fns := make(map[string]func() any, len(s.stats))
+	for k, fn := range s.stats {
+		fns[k] = fn
+	}
+	s.mu.Unlock()
+	out := make(map[string]any, len(fns))
+	for k, fn := range fns {
+		out[k] = fn()
+	}
+	writeJSON(w, out)
+}
+
+func refresh(r *http.Request) bool {
+	v := r.URL.Query().Get("refresh")
+	return v != "0" && v != "false"
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, "encode: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(append(b, '\n'))
+}
+
+// Serve listens on the unix socket path (mode 0600) and serves until ctx
+// ends; it then waits for requests in flight and removes the socket file.
+func (s *Server) Serve(ctx context.Context, path string) error {
+	ln, err := Listen(path)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path)
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("control server on %s: %w", path, err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("control server on %s: shut down: %w", path, err)
+	}
+	return nil
+}
+
+// Listen creates the unix socket at path with mode 0600. The socket is
+// bound in a private (0700) directory, chmod-ed, then renamed into place,
+// so it is never reachable with looser permissions whatever the umask. A
+// stale socket left by a dead daemon is replaced; a live one is an error.
+// The caller removes path after closing the listener.
+func Listen(path string) (*net.UnixListener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create the control socket's directory %s: %w", dir, err)
+	}
+	if err := clearStale(path); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(dir, ".control-")
+	if err != nil {
+		return nil, fmt.Errorf("create a private directory in %s: %w", dir, err)
+	}
+	defer os.RemoveAll(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(tmp, "sock"), Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on a unix socket in %s: %w", tmp, err)
+	}
+	ln.SetUnlinkOnClose(false) // the file moves; Serve removes path
+	if err := os.Chmod(filepath.Join(tmp, "sock"), 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod 0600 the control socket: %w", err)
+	}
+	if err := os.Rename(filepath.Join(tmp, "sock"), path); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("move the control socket to %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// clearStale removes a socket at path that nobody answers on.
+func clearStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket: not removing it", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("%s is in use: another converter is running", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove the stale socket %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package engine
+
+import (
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// bufferedChunk is the buffer of one buffered copy step: large, because
+// each step costs a wakeup and two system calls.
+const bufferedChunk = 256 << 10
+
+// bufferPool holds the buffers of the buffered copy. A session takes one
+// only while bytes are ready to move, so idle sessions hold none.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, bufferedChunk); return &b }}}
+}
+
+func (bp *bufferPool) get() *[]byte  { return bp.p.Get().(*[]byte) }
+func (bp *bufferPool) put(b *[]byte) { bp.p.Put(b) }
+
+// copyBuffered copies src to dst with read and write through a pooled
+// buffer. It is used where splice is slow on Linux: into and out of MPTCP
+// sockets (see the design notes), where a plain copy is several times
+// faster and steadier. It returns the bytes copied and the first error;
+// a clean end of src is (n, nil).
+func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, count *atomic.Int64, touch func()) (int64, error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for {
+		if err := waitReadable(rc); err != nil {
+			return total, err
+		}
+		buf := pool.get()
+		n, rerr := src.Read(*buf)
+		if n > 0 {
+			_, werr := dst.Write((*buf)[:n])
+			pool.put(buf)
+			total += int64(n)
+			count.Add(int64(n))
+			touch()
+			if werr != nil {
+				return total, werr
+			}
+		} else {
+			pool.put(buf)
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+// waitReadable parks until src has bytes, EOF or an error to report,
+// without holding a buffer. The first poll catches data that is already
+// there (the runtime poller is edge triggered).
+func waitReadable(rc interface {
+	Read(func(uintptr) bool) error
+}) error {
+	return rc.Read(func(fd uintptr) bool {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+		n, err := unix.Poll(fds, 0)
+		return err != nil || n > 0
+	})
+}

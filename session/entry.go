@@ -1,0 +1,239 @@
+package session
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/convert-tc/converter/internal/mptcpevents"
+	"github.com/convert-tc/converter/sockinfo"
+	"github.com/convert-tc/converter/tlv"
+)
+
+// Counters are counts the engine already keeps for a session. The table
+// reads them when a snapshot is taken, so the relay does not have to
+// report every chunk. A nil field makes the Entry use a counter of its
+// own, which Count updates.
+type Counters struct {
+	ToServer, ToClient *atomic.Int64
+	// LastActive is the time of the last byte relayed, in Unix nanoseconds.
+	LastActive *atomic.Int64
+}
+
+// Entry is one converted connection in the table. Its methods are safe for
+// concurrent use; the engine updates it while the control server reads it.
+type Entry struct {
+	// Set by Add, then read-only.
+	id                      uint64
+	start                   time.Time
+	client                  *net.TCPConn
+	clientAddr, clientLocal netip.AddrPort // the initial subflow
+	original                netip.AddrPort
+	token                   uint32
+	hasToken                bool
+
+	state                          atomic.Uint32
+	toServer, toClient, lastActive *atomic.Int64
+	own                            struct{ toServer, toClient, lastActive atomic.Int64 }
+
+	mu         sync.Mutex
+	fallback   bool
+	server     *net.TCPConn
+	upstream   Upstream
+	dest       netip.AddrPort
+	synAck     SynAckSource
+	errCode    int // -1 until refused
+	mptcp      MPTCPInfo
+	subflows   []subflow
+	announced  []AnnouncedAddr
+	serverTCP  *TCPSummary
+	refreshErr string
+}
+
+// subflow is what the table knows of one subflow: identity and priority
+// from path-manager events, counters from the last socket refresh.
+type subflow struct {
+	local, remote netip.AddrPort
+	locID, remID  uint8
+	backup        bool
+	ifIndex       int32
+	tcp           TCPSummary
+}
+
+func newEntry(id uint64, a Accepted) *Entry {
+	e := &Entry{id: id, start: a.Start, client: a.Client, original: a.Original, errCode: -1}
+	if e.start.IsZero() {
+		e.start = time.Now()
+	}
+	e.toServer = orOwn(a.Counters.ToServer, &e.own.toServer)
+	e.toClient = orOwn(a.Counters.ToClient, &e.own.toClient)
+	e.lastActive = orOwn(a.Counters.LastActive, &e.own.lastActive)
+	if a.Client != nil {
+		e.clientAddr = unmapped(a.Client.RemoteAddr())
+		e.clientLocal = unmapped(a.Client.LocalAddr())
+	}
+	return e
+}
+
+func orOwn(p, own *atomic.Int64) *atomic.Int64 {
+	if p != nil {
+		return p
+	}
+	return own
+}
+
+// ID returns the session id.
+func (e *Entry) ID() uint64 { return e.id }
+
+// Token returns the local MPTCP token; ok is false for a client that was
+// not MPTCP at accept.
+func (e *Entry) Token() (token uint32, ok bool) { return e.token, e.hasToken }
+
+// ClientAddr returns the client's address and port on the initial subflow.
+func (e *Entry) ClientAddr() netip.AddrPort { return e.clientAddr }
+
+// State returns the current state.
+func (e *Entry) State() State { return State(e.state.Load()) }
+
+// SetState records the session's state.
+func (e *Entry) SetState(s State) { e.state.Store(uint32(s)) }
+
+// HalfClosed records that side ended its direction: the session becomes
+// half-closed, or closing once both sides have ended.
+func (e *Entry) HalfClosed(by Side) {
+	mine, other := StateHalfClosedClient, StateHalfClosedServer
+	if by == Server {
+		mine, other = other, mine
+	}
+	for {
+		cur := State(e.state.Load())
+		next := mine
+		switch cur {
+		case other:
+			next = StateClosing
+		case mine, StateClosing, StateRefused:
+			return
+		}
+		if e.state.CompareAndSwap(uint32(cur), uint32(next)) {
+			return
+		}
+	}
+}
+
+// Count adds n bytes relayed from side and marks the session active. Use it
+// only for counters the engine did not hand over in Counters.
+func (e *Entry) Count(from Side, n int64) {
+	if from == Client {
+		e.toServer.Add(n)
+	} else {
+		e.toClient.Add(n)
+	}
+	e.lastActive.Store(time.Now().UnixNano())
+}
+
+// SetDestination records the Connect TLV's destination.
+func (e *Entry) SetDestination(dest netip.AddrPort) {
+	e.mu.Lock()
+	e.dest = unmap(dest)
+	e.mu.Unlock()
+}
+
+// SetServer records the server leg once it is connected.
+func (e *Entry) SetServer(c *net.TCPConn) {
+	up := Upstream{Local: unmapped(c.LocalAddr()), Remote: unmapped(c.RemoteAddr())}
+	e.mu.Lock()
+	e.server, e.upstream = c, up
+	e.mu.Unlock()
+}
+
+// SetSynAck records how the Extended TCP Header sent to the client was made.
+func (e *Entry) SetSynAck(src SynAckSource) {
+	e.mu.Lock()
+	e.synAck = src
+	e.mu.Unlock()
+}
+
+// SetRefused records the Error TLV sent to the client.
+func (e *Entry) SetRefused(code tlv.ErrorCode) {
+	e.mu.Lock()
+	e.errCode = int(code)
+	e.mu.Unlock()
+	e.SetState(StateRefused)
+}
+
+// seed sets the subflows known at accept. A second MPTCP_INFO read after
+// the entry became findable by token tells whether a subflow joined
+// before: its event went unmatched, so the sockets are read instead.
+// Called with e.mu held, so events wait until the seed is in place.
+func (e *Entry) seed() {
+	initial := []subflow{{local: e.clientLocal, remote: e.clientAddr}}
+	if e.fallback || !e.hasToken {
+		e.subflows = initial
+		return
+	}
+	info, err := sockinfo.GetMPTCPInfo(e.client)
+	if err == nil && info.TotalSubflows() <= 1 {
+		e.mptcp.update(info)
+		e.subflows = initial
+		return
+	}
+	e.refreshLocked()
+}
+
+// apply updates the entry from a path-manager event of its token.
+func (e *Entry) apply(ev mptcpevents.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch ev.Type {
+	case mptcpevents.Established:
+		e.mptcp.Established = true
+	case mptcpevents.Closed:
+		e.mptcp.Closed = true
+	case mptcpevents.Announced:
+		e.announced = slices.DeleteFunc(e.announced, func(a AnnouncedAddr) bool { return a.ID == ev.RemID })
+		e.announced = append(e.announced, AnnouncedAddr{ID: ev.RemID, Addr: ev.Remote})
+	case mptcpevents.Removed:
+		e.announced = slices.DeleteFunc(e.announced, func(a AnnouncedAddr) bool { return a.ID == ev.RemID })
+	case mptcpevents.SubEstablished:
+		sf := e.subflow(ev.Local, ev.Remote)
+		if sf == nil {
+			e.subflows = append(e.subflows, subflow{local: ev.Local, remote: ev.Remote})
+			sf = &e.subflows[len(e.subflows)-1]
+		}
+		sf.locID, sf.remID, sf.backup, sf.ifIndex = ev.LocID, ev.RemID, ev.Backup, ev.IfIndex
+	case mptcpevents.SubClosed:
+		e.subflows = slices.DeleteFunc(e.subflows, func(s subflow) bool { return s.local == ev.Local && s.remote == ev.Remote })
+		e.mptcp.SubflowsClosed++
+	case mptcpevents.SubPriority:
+		if sf := e.subflow(ev.Local, ev.Remote); sf != nil {
+			sf.backup = ev.Backup
+		}
+	}
+}
+
+func (e *Entry) subflow(local, remote netip.AddrPort) *subflow {
+	for i := range e.subflows {
+		if e.subflows[i].local == local && e.subflows[i].remote == remote {
+			return &e.subflows[i]
+		}
+	}
+	return nil
+}
+
+func unmapped(a net.Addr) netip.AddrPort {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta == nil {
+		return netip.AddrPort{}
+	}
+	return unmap(ta.AddrPort())
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	if !ap.IsValid() {
+		return ap
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

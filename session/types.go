@@ -1,0 +1,111 @@
+package session
+
+import (
+	"encoding"
+	"fmt"
+	"strconv"
+)
+
+// State is where a session is in its life, as the engine reports it.
+type State uint32
+
+const (
+	// StateConnecting: accepted, Convert message being read or the server
+	// leg being dialed.
+	StateConnecting State = iota
+	// StateEstablished: the reply was sent, bytes are relayed both ways.
+	StateEstablished
+	// StateHalfClosedClient: the client ended its direction (FIN); the
+	// server may still send.
+	StateHalfClosedClient
+	// StateHalfClosedServer: the server ended its direction.
+	StateHalfClosedServer
+	// StateClosing: both directions ended or the session was aborted.
+	StateClosing
+	// StateRefused: the client was answered with an Error TLV.
+	StateRefused
+)
+
+var stateNames = [...]string{
+	StateConnecting:       "connecting",
+	StateEstablished:      "established",
+	StateHalfClosedClient: "half-closed-client",
+	StateHalfClosedServer: "half-closed-server",
+	StateClosing:          "closing",
+	StateRefused:          "refused",
+}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
+// MarshalText writes the state's name.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads a state name.
+func (s *State) UnmarshalText(b []byte) error {
+	for i, n := range stateNames {
+		if n == string(b) {
+			*s = State(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("session: unknown state %q", b)
+}
+
+// Side names a leg of a session.
+type Side uint8
+
+const (
+	Client Side = iota
+	Server
+)
+
+// SynAckSource says how the Extended TCP Header returned to the client was
+// made: copied from the server's SYN-ACK, or rebuilt from TCP_INFO.
+type SynAckSource uint8
+
+const (
+	SynAckUnknown SynAckSource = iota
+	SynAckExact
+	SynAckSynthesized
+)
+
+func (s SynAckSource) String() string {
+	switch s {
+	case SynAckExact:
+		return "exact"
+	case SynAckSynthesized:
+		return "synthesized"
+	}
+	return ""
+}
+
+// Token is an MPTCP connection token. It is written as 8 hex digits, the
+// form `ss -M` and the kernel's debug output use.
+type Token uint32
+
+func (t Token) String() string { return fmt.Sprintf("%08x", uint32(t)) }
+
+// MarshalText writes 8 hex digits.
+func (t Token) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
+
+// UnmarshalText reads hex digits.
+func (t *Token) UnmarshalText(b []byte) error {
+	v, err := strconv.ParseUint(string(b), 16, 32)
+	if err != nil {
+		return fmt.Errorf("session: token %q: %w", b, err)
+	}
+	*t = Token(v)
+	return nil
+}
+
+var (
+	_ encoding.TextMarshaler   = State(0)
+	_ encoding.TextUnmarshaler = (*State)(nil)
+	_ encoding.TextMarshaler   = Token(0)
+	_ encoding.TextUnmarshaler = (*Token)(nil)
+)

@@ -1,0 +1,353 @@
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/convert-tc/converter/client"
+	"github.com/convert-tc/converter/sockinfo"
+)
+
+const bigTransfer = 64 << 20
+
+// TestBytesIntactBothWays pushes 64 MiB up, then 64 MiB down through the
+// converter over an MPTCP client leg with two subflows, and checks the
+// SHA-256 of each direction and that both subflows carried data.
+//
+// The two bulk directions run one after the other: on Linux 6.18 an MPTCP
+// client that opened with TCP Fast Open data stalls for minutes under
+// simultaneous bulk traffic both ways, with or without a converter on the
+// path (README, known kernel issues). TestConcurrentSessions keeps both
+// directions busy at once with smaller transfers.
+func TestBytesIntactBothWays(t *testing.T) {
+	e := newEnv(t)
+	e.startConverter()
+	l := e.listen(e.serverNS(), "10.201.3.2:8000", false)
+	srv := serveUpThenDown(l, 2, bigTransfer)
+
+	c, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8000"), MPTCP: true}, nil)
+	if err != nil {
+		t.Fatalf("convert: %v", err)
+	}
+	avoidTFOStall(c.TCPConn)
+	got := exchange(c.TCPConn, 1, bigTransfer)
+	s := <-srv
+	if got.err != nil || s.err != nil {
+		t.Fatalf("exchange: client %v, server %v", got.err, s.err)
+	}
+	if s.got != bigTransfer || s.gotDigest != streamDigest(1, bigTransfer) {
+		t.Errorf("server received %d bytes, digest mismatch=%v", s.got, s.gotDigest != streamDigest(1, bigTransfer))
+	}
+	if got.got != bigTransfer || got.gotDigest != streamDigest(2, bigTransfer) {
+		t.Errorf("client received %d bytes, digest mismatch=%v", got.got, got.gotDigest != streamDigest(2, bigTransfer))
+	}
+	checkTwoSubflowsCarried(t, c.TCPConn)
+}
+
+// checkTwoSubflowsCarried reads the client's subflows from the kernel: the
+// connection must have two, and each must have moved data.
+func checkTwoSubflowsCarried(t *testing.T, c *net.TCPConn) {
+	t.Helper()
+	sfs, err := sockinfo.GetSubflows(c)
+	if err != nil {
+		t.Fatalf("subflows: %v", err)
+	}
+	if len(sfs) < 2 {
+		t.Fatalf("%d subflow(s), want 2: %+v", len(sfs), sfs)
+	}
+	paths := map[netip.Addr]bool{}
+	for _, sf := range sfs {
+		moved := sf.TCP.BytesAcked + sf.TCP.BytesReceived
+		t.Logf("subflow %v -> %v: %d bytes acked, %d received", sf.Local, sf.Remote, sf.TCP.BytesAcked, sf.TCP.BytesReceived)
+		if moved < 1<<20 {
+			t.Errorf("subflow %v -> %v moved only %d bytes", sf.Local, sf.Remote, moved)
+		}
+		paths[sf.Local.Addr()] = true
+	}
+	if len(paths) < 2 {
+		t.Errorf("subflows share one local address: %v", paths)
+	}
+}
+
+// serveUpThenDown accepts one connection, reads it to EOF, then sends a
+// stream of n bytes.
+func serveUpThenDown(l *net.TCPListener, seed uint64, n int64) <-chan result {
+	out := make(chan result, 1)
+	go func() {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			out <- result{err: err}
+			return
+		}
+		defer c.Close()
+		d, got, err := digest(c)
+		if err == nil {
+			_, err = io.Copy(c, stream(seed, n))
+		}
+		out <- result{gotDigest: d, got: got, err: err}
+	}()
+	return out
+}
+
+// echo serves every connection on l by sending back what it reads.
+func echo(l *net.TCPListener) {
+	go func() {
+		for {
+			c, err := l.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.CloseWrite()
+			}()
+		}
+	}()
+}
+
+// TestConcurrentSessions runs 32 sessions at once, each echoing 2 MiB.
+func TestConcurrentSessions(t *testing.T) {
+	e := newEnv(t)
+	conv := e.startConverter()
+	echo(e.listen(e.serverNS(), "[fd01:3::2]:8001", false))
+	const sessions, size = 32, 2 << 20
+	var wg sync.WaitGroup
+	errs := make(chan error, sessions)
+	for i := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- echoSession(e, e.via6(), netip.MustParseAddrPort("[fd01:3::2]:8001"), uint64(100+i), size, true)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if ends := conv.waitRecords(t, "session end", sessions); len(ends) != sessions {
+		t.Errorf("%d session end records, want %d", len(ends), sessions)
+	}
+}
+
+// echoSession sends size bytes through the converter to an echo server and
+// checks that exactly the same bytes come back.
+func echoSession(e *env, via, dest netip.AddrPort, seed uint64, size int64, mptcp bool) error {
+	c, err := e.convert(client.Options{Via: via, Dest: dest, MPTCP: mptcp}, nil)
+	if err != nil {
+		return fmt.Errorf("session %d: convert: %w", seed, err)
+	}
+	defer c.Close()
+	avoidTFOStall(c.TCPConn)
+	r := exchange(c.TCPConn, seed, size)
+	if r.err != nil {
+		return fmt.Errorf("session %d: %w", seed, r.err)
+	}
+	if r.got != size || r.gotDigest != streamDigest(seed, size) {
+		return fmt.Errorf("session %d: %d bytes back, want %d intact", seed, r.got, size)
+	}
+	return nil
+}
+
+// TestFamilies: IPv6 on both legs, an IPv4 client to an IPv6 server and the
+// reverse, a plain TCP client, and a client whose Convert message comes
+// after the handshake.
+func TestFamilies(t *testing.T) {
+	e := newEnv(t)
+	conv := e.startConverter()
+	echo(e.listen(e.serverNS(), "[::]:8002", false))
+	v4 := netip.MustParseAddrPort("10.201.3.2:8002")
+	v6 := netip.MustParseAddrPort("[fd01:3::2]:8002")
+	cases := []struct {
+		name     string
+		via, dst netip.AddrPort
+		mptcp    bool
+	}{
+		{"v6-v6", e.via6(), v6, true},
+		{"v4-v6", e.via4(), v6, true},
+		{"v6-v4", e.via6(), v4, true},
+		{"plain-tcp-client", e.via4(), v4, false},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := echoSession(e, tc.via, tc.dst, uint64(200+i), 1<<20, tc.mptcp); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("message-after-handshake", func(t *testing.T) {
+		req, _ := client.Options{Dest: v4}.Request()
+		var c *net.TCPConn
+		err := e.inClient(func() error {
+			d := net.Dialer{} // no TFO: the handshake completes, then data flows
+			d.SetMultipathTCP(true)
+			nc, err := d.Dial("tcp", e.via4().String())
+			if err == nil {
+				c = nc.(*net.TCPConn)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		time.Sleep(50 * time.Millisecond) // the converter waits for the message
+		if _, err := c.Write(append(req, "after handshake"...)); err != nil {
+			t.Fatal(err)
+		}
+		c.CloseWrite()
+		reply := make([]byte, 28)
+		if _, err := io.ReadFull(c, reply); err != nil || reply[4] != 0x14 {
+			t.Fatalf("reply %x: %v", reply, err)
+		}
+		rest, _ := io.ReadAll(c)
+		if string(rest) != "after handshake" {
+			t.Fatalf("echo = %q", rest)
+		}
+	})
+	plain := 0
+	for _, r := range conv.waitRecords(t, "session end", 5) {
+		if r["mptcp"] == false {
+			plain++
+		}
+	}
+	if plain != 1 {
+		t.Errorf("%d plain TCP sessions logged, want 1", plain)
+	}
+}
+
+// TestHalfClose: each side's FIN reaches the other while the opposite
+// direction keeps flowing.
+func TestHalfClose(t *testing.T) {
+	e := newEnv(t)
+	e.startConverter()
+	l := e.listen(e.serverNS(), "10.201.3.2:8003", false)
+	dest := netip.MustParseAddrPort("10.201.3.2:8003")
+
+	t.Run("client-first", func(t *testing.T) {
+		srv := make(chan error, 1)
+		go func() {
+			c, err := l.AcceptTCP()
+			if err != nil {
+				srv <- err
+				return
+			}
+			defer c.Close()
+			b, err := io.ReadAll(c) // ends only on the client's FIN
+			if err == nil && string(b) != "question" {
+				err = fmt.Errorf("server read %q", b)
+			}
+			if err == nil {
+				_, err = c.Write([]byte("answer after your FIN"))
+			}
+			srv <- err
+		}()
+		c, err := e.convert(client.Options{Via: e.via4(), Dest: dest, MPTCP: true}, []byte("question"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.CloseWrite()
+		b, err := io.ReadAll(c)
+		if err != nil || string(b) != "answer after your FIN" {
+			t.Fatalf("client read %q, %v", b, err)
+		}
+		if err := <-srv; err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("server-first", func(t *testing.T) {
+		srv := make(chan error, 1)
+		go func() {
+			c, err := l.AcceptTCP()
+			if err != nil {
+				srv <- err
+				return
+			}
+			defer c.Close()
+			c.Write([]byte("server done"))
+			c.CloseWrite()
+			b, err := io.ReadAll(c)
+			if err == nil && string(b) != "client still talking" {
+				err = fmt.Errorf("server read %q", b)
+			}
+			srv <- err
+		}()
+		c, err := e.convert(client.Options{Via: e.via4(), Dest: dest, MPTCP: true}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(c) // the server's FIN arrives as EOF
+		if err != nil || string(b) != "server done" {
+			t.Fatalf("client read %q, %v", b, err)
+		}
+		c.Write([]byte("client still talking"))
+		c.CloseWrite()
+		if err := <-srv; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestResets: a server RST mid-stream resets the client, and a client
+// abort resets the server leg.
+func TestResets(t *testing.T) {
+	e := newEnv(t)
+	e.startConverter()
+	l := e.listen(e.serverNS(), "10.201.3.2:8004", false)
+	dest := netip.MustParseAddrPort("10.201.3.2:8004")
+
+	t.Run("server-rst", func(t *testing.T) {
+		go func() {
+			c, err := l.AcceptTCP()
+			if err != nil {
+				return
+			}
+			io.CopyN(c, stream(9, 1<<20), 1<<20)
+			c.SetLinger(0)
+			c.Close()
+		}()
+		c, err := e.convert(client.Options{Via: e.via4(), Dest: dest, MPTCP: true}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.Copy(io.Discard, c)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("client read ended with %v, want connection reset", err)
+		}
+	})
+	t.Run("client-abort", func(t *testing.T) {
+		srv := make(chan error, 1)
+		go func() {
+			c, err := l.AcceptTCP()
+			if err != nil {
+				srv <- err
+				return
+			}
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = io.Copy(io.Discard, c)
+			srv <- err
+		}()
+		c, err := e.convert(client.Options{Via: e.via4(), Dest: dest, MPTCP: true}, []byte("some data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		c.SetLinger(0) // MP_FASTCLOSE on MPTCP
+		c.Close()
+		if err := <-srv; !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("server read ended with %v, want connection reset", err)
+		}
+	})
+}
