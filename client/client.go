@@ -33,6 +33,10 @@ type Options struct {
 	Cookie []byte
 	// TCPOptions is the TCP Options field of an Extended Connect.
 	TCPOptions []byte
+	// AfterHandshake sends the Convert message as the first bytes after
+	// the handshake instead of in the SYN, as a Client does whose TFO data
+	// was refused (the converter accepts both).
+	AfterHandshake bool
 }
 
 // Request encodes the Convert message for o.
@@ -81,7 +85,7 @@ func Dial(ctx context.Context, o Options, early []byte) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := dialFastOpen(ctx, o.Via, o.MPTCP)
+	c, err := dialFastOpen(ctx, o.Via, o.MPTCP, !o.AfterHandshake)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +111,7 @@ func Dial(ctx context.Context, o Options, early []byte) (*Conn, error) {
 // it is, without checking it: for tests and labs that send malformed
 // messages on purpose.
 func DialRaw(ctx context.Context, via netip.AddrPort, mptcp bool, payload []byte) (*net.TCPConn, error) {
-	c, err := dialFastOpen(ctx, via, mptcp)
+	c, err := dialFastOpen(ctx, via, mptcp, true)
 	if err != nil {
 		return nil, err
 	}
@@ -118,8 +122,11 @@ func DialRaw(ctx context.Context, via netip.AddrPort, mptcp bool, payload []byte
 	return c, nil
 }
 
-func dialFastOpen(ctx context.Context, via netip.AddrPort, mptcp bool) (*net.TCPConn, error) {
+func dialFastOpen(ctx context.Context, via netip.AddrPort, mptcp, fastOpen bool) (*net.TCPConn, error) {
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		if !fastOpen {
+			return nil
+		}
 		var err error
 		ctlErr := rc.Control(func(fd uintptr) {
 			if e := unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); e != nil {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -326,3 +327,5 @@ func avoidTFOStall(c *net.TCPConn) {
 	c.SetReadBuffer(4 << 20)
 	c.SetWriteBuffer(4 << 20)
 }
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
