@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/convert-tc/converter/cookie"
+	sessions "github.com/convert-tc/converter/session"
 	"github.com/convert-tc/converter/tlv"
 )
 
@@ -56,6 +57,10 @@ type Config struct {
 	SupportedKinds   []byte
 
 	Logger *slog.Logger
+
+	// Table receives every session for operators; nil gives the Server a
+	// table of its own, bounded by MaxSessions.
+	Table *sessions.Table
 }
 
 // WithDefaults returns c with every unset field at its default.
@@ -81,6 +86,9 @@ func (c Config) WithDefaults() Config {
 	if c.SupportedOptions == nil {
 		c.SupportedOptions = tlv.ReferenceOptions
 		c.SupportedKinds = tlv.ReferenceSupportedKinds()
+	}
+	if c.Table == nil {
+		c.Table = sessions.NewTable(c.MaxSessions)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	sessions "github.com/convert-tc/converter/session"
 	"io"
 	"net"
 	"sync"
@@ -28,11 +29,11 @@ func (s *session) relay() {
 }
 
 func (s *session) copyClientToServer() {
-	s.pump(s.server, s.client, &s.bytesToServer)
+	s.pump(s.server, s.client, &s.bytesToServer, sessions.Client)
 }
 
 func (s *session) copyServerToClient() {
-	s.pump(s.client, s.server, &s.bytesToClient)
+	s.pump(s.client, s.server, &s.bytesToClient, sessions.Server)
 }
 
 // pump copies src to dst until src ends. On EOF it half-closes dst; on any
@@ -40,7 +41,7 @@ func (s *session) copyServerToClient() {
 // two TCP sockets it splices; when the client leg is MPTCP it copies
 // through a pooled buffer, because splice to and from MPTCP sockets is
 // slow and stalls on Linux (measured: a 64 MiB download took 30 s).
-func (s *session) pump(dst, src *net.TCPConn, count *atomic.Int64) {
+func (s *session) pump(dst, src *net.TCPConn, count *atomic.Int64, from sessions.Side) {
 	var err error
 	if s.mptcp {
 		_, err = copyBuffered(dst, src, s.buffers, count, s.touch)
@@ -50,6 +51,9 @@ func (s *session) pump(dst, src *net.TCPConn, count *atomic.Int64) {
 	if err != nil {
 		s.abortBoth(err)
 		return
+	}
+	if s.entry != nil {
+		s.entry.HalfClosed(from)
 	}
 	dst.CloseWrite()
 }
@@ -77,6 +81,9 @@ func (s *session) touch() { s.lastActive.Store(time.Now().UnixNano()) }
 func (s *session) abortBoth(cause error) {
 	s.abortOnce.Do(func() {
 		s.setEndReason("aborted: " + cause.Error())
+		if s.entry != nil {
+			s.entry.SetState(sessions.StateClosing)
+		}
 		s.mu.Lock()
 		server := s.server
 		s.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	sessions "github.com/convert-tc/converter/session"
 	"github.com/convert-tc/converter/sockinfo"
 	"github.com/convert-tc/converter/tlv"
 )
@@ -167,6 +168,8 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	sess := s.newSession(c)
 	s.track(sess)
 	defer s.untrack(sess)
+	s.register(sess)
+	defer s.cfg.Table.Remove(sess.entry)
 
 	buf := make([]byte, readBufLen)
 	var m tlv.Message
@@ -188,6 +191,9 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	}
 	sess.dest = conn.AddrPort()
 	sess.log = sess.log.With("destination", sess.dest.String())
+	if sess.entry != nil {
+		sess.entry.SetDestination(sess.dest)
+	}
 	if r := s.connect(ctx, sess, conn, buf[n:got]); r != nil {
 		s.finishRefused(sess, r)
 		return
@@ -202,6 +208,9 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	}
 	s.pending.release(sess.clientAddr.Addr())
 	s.stats.converted.Add(1)
+	if sess.entry != nil {
+		sess.entry.SetState(sessions.StateEstablished)
+	}
 	s.runRelay(sess)
 }
 
@@ -256,6 +265,10 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 		sess.synAckOptions = synthesizeSynAckOptions(info, multipath(server))
 		sess.synthesized = true
 	}
+	if sess.entry != nil {
+		sess.entry.SetServer(server)
+		sess.entry.SetSynAck(sessions.SynAckSynthesized)
+	}
 	return nil
 }
 
@@ -291,6 +304,9 @@ func (s *Server) runRelay(sess *session) {
 
 func (s *Server) finishRefused(sess *session, r *refusal) {
 	s.stats.refusal(r)
+	if sess.entry != nil && r.action == tlv.ActionReply {
+		sess.entry.SetRefused(r.code)
+	}
 	attrs := []any{"action", r.action.String(), "reason", r.reason}
 	if r.action == tlv.ActionReply {
 		attrs = append(attrs, "code", int(r.code), "error", r.code.String())
@@ -334,6 +350,27 @@ func (s *Server) newSession(c *net.TCPConn) *session {
 	sess.log = s.log.With("session", sess.id, "client", sess.clientAddr.String(), "mptcp", sess.mptcp)
 	return sess
 }
+
+// register puts the session in the operators' table. A full table costs
+// the session its entry, not its service: the table counts the refusal.
+func (s *Server) register(sess *session) {
+	e, err := s.cfg.Table.Add(sessions.Accepted{
+		ID:     sess.id,
+		Client: sess.client,
+		Start:  sess.start,
+		Counters: sessions.Counters{
+			ToServer: &sess.bytesToServer, ToClient: &sess.bytesToClient, LastActive: &sess.lastActive,
+		},
+	})
+	if err != nil {
+		sess.log.Debug("not in the session table", "error", err.Error())
+		return
+	}
+	sess.entry = e
+}
+
+// Table returns the table of sessions in progress.
+func (s *Server) Table() *sessions.Table { return s.cfg.Table }
 
 func unmapAddrPort(a net.Addr) netip.AddrPort {
 	ta, ok := a.(*net.TCPAddr)

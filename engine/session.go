@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	sessions "github.com/convert-tc/converter/session"
 	"github.com/convert-tc/converter/tlv"
 )
 
@@ -23,6 +24,7 @@ type session struct {
 	mptcp      bool // the Client leg is MPTCP (false: plain TCP or fallback)
 	synData    bool // the Convert message came in the SYN
 	log        *slog.Logger
+	entry      *sessions.Entry // nil when the table was full
 
 	synAckOptions []byte
 	synthesized   bool // synAckOptions rebuilt from TCP_INFO, not captured

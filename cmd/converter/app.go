@@ -63,6 +63,7 @@ func newApp(io stdio) *cli.App {
 			runCommand(io),
 			connectCommand(io),
 			decodeCommand(io),
+			sessionsCommand(io),
 			benchCommand(io),
 			labCommand(io),
 		},

@@ -1,16 +1,20 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/convert-tc/converter/control"
 	"github.com/convert-tc/converter/cookie"
 	"github.com/convert-tc/converter/engine"
+	"github.com/convert-tc/converter/internal/mptcpevents"
 )
 
 func runCommand(io stdio) *cli.Command {
@@ -32,6 +36,7 @@ func runCommand(io stdio) *cli.Command {
 			&cli.DurationFlag{Name: "dial-timeout", Value: 5 * time.Second, Usage: "server-leg connect timeout (then Network Failure)"},
 			&cli.DurationFlag{Name: "idle-timeout", Value: 2*time.Hour + 4*time.Minute, Usage: "close sessions idle this long (0: never)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "unix socket serving the session table (mode 0600); empty to disable"},
 		},
 		Action: func(c *cli.Context) error {
 			cfg, err := runConfig(c, io)
@@ -45,10 +50,19 @@ func runCommand(io stdio) *cli.Command {
 			if err := srv.Listen(c.Context); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
+			ctx, cancel := context.WithCancel(c.Context)
+			defer cancel()
+			var side sync.WaitGroup
+			if err := startObservers(ctx, &side, c.String("control"), srv, cfg.Logger); err != nil {
+				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
+			}
 			for _, a := range srv.Addrs() {
 				cfg.Logger.Info("listening", "address", a.String())
 			}
-			if err := srv.Serve(c.Context); err != nil {
+			err = srv.Serve(ctx)
+			cancel()
+			side.Wait()
+			if err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
 			cfg.Logger.Info("stopped", "stats", srv.Stats())
@@ -110,4 +124,35 @@ func prefixes(ss []string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// startObservers feeds the session table from the kernel's MPTCP events
+// and serves it on the control socket. Both run until ctx ends.
+func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string, srv *engine.Server, log *slog.Logger) error {
+	events, err := mptcpevents.Listen(nil)
+	if err != nil {
+		return fmt.Errorf("subscribe to MPTCP events: %w", err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer events.Close()
+		if err := events.Run(ctx, srv.Table().HandleEvent); err != nil {
+			log.Warn("MPTCP events stopped", "error", err.Error())
+		}
+	}()
+	if controlPath == "" {
+		return nil
+	}
+	ctl := control.New(srv.Table(), log)
+	ctl.Register("converter", func() any { return srv.Stats() })
+	ctl.Register("mptcp_events", func() any { return events.Stats() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := ctl.Serve(ctx, controlPath); err != nil {
+			log.Error("control socket stopped", "path", controlPath, "error", err.Error())
+		}
+	}()
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -120,6 +121,11 @@ func (e *env) startConverter(args ...string) *converterProc {
 		}
 	}
 	listens = max(listens, 1)
+	if !slices.Contains(args, "--control") {
+		// The control socket lives in the file system, which all labs
+		// share: give each converter its own.
+		args = append(args, "--control", filepath.Join(e.t.TempDir(), "control.sock"))
+	}
 	cmd := e.lab.Command(context.Background(), e.converterNS(), converterBin, append([]string{"run"}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -36,6 +36,7 @@ func TestBytesIntactBothWays(t *testing.T) {
 	if err != nil {
 		t.Fatalf("convert: %v", err)
 	}
+	sampler := sampleSubflows(c.TCPConn)
 	got := exchange(c.TCPConn, 1, bigTransfer)
 	s := <-srv
 	if got.err != nil || s.err != nil {
@@ -47,17 +48,52 @@ func TestBytesIntactBothWays(t *testing.T) {
 	if got.got != bigTransfer || got.gotDigest != streamDigest(2, bigTransfer) {
 		t.Errorf("client received %d bytes, digest mismatch=%v", got.got, got.gotDigest != streamDigest(2, bigTransfer))
 	}
-	checkTwoSubflowsCarried(t, c.TCPConn)
+	checkTwoSubflowsCarried(t, sampler())
 }
 
-// checkTwoSubflowsCarried reads the client's subflows from the kernel: the
-// connection must have two, and each must have moved data.
-func checkTwoSubflowsCarried(t *testing.T, c *net.TCPConn) {
-	t.Helper()
-	sfs, err := sockinfo.GetSubflows(c)
-	if err != nil {
-		t.Fatalf("subflows: %v", err)
+// sampleSubflows reads the client's subflows from the kernel every few
+// milliseconds while the connection lives (the converter closes it at the
+// end, and closed subflows leave the list) and returns a function that
+// stops sampling and gives the last reading of each subflow.
+func sampleSubflows(c *net.TCPConn) func() []sockinfo.Subflow {
+	stop, done := make(chan struct{}), make(chan []sockinfo.Subflow)
+	go func() {
+		last := map[netip.AddrPort]sockinfo.Subflow{}
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if sfs, err := sockinfo.GetSubflows(c); err == nil {
+				for _, sf := range sfs {
+					if sf.Remote.Port() == 0 {
+						continue // a subflow being torn down
+					}
+					if sf.TCP.BytesAcked+sf.TCP.BytesReceived >= last[sf.Local].TCP.BytesAcked+last[sf.Local].TCP.BytesReceived {
+						last[sf.Local] = sf
+					}
+				}
+			}
+			select {
+			case <-stop:
+				var out []sockinfo.Subflow
+				for _, sf := range last {
+					out = append(out, sf)
+				}
+				done <- out
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() []sockinfo.Subflow {
+		close(stop)
+		return <-done
 	}
+}
+
+// checkTwoSubflowsCarried checks subflow readings from the kernel: the
+// connection had two, and each moved data.
+func checkTwoSubflowsCarried(t *testing.T, sfs []sockinfo.Subflow) {
+	t.Helper()
 	if len(sfs) < 2 {
 		t.Fatalf("%d subflow(s), want 2: %+v", len(sfs), sfs)
 	}
