@@ -15,7 +15,7 @@ FUZZ_TARGETS := ./tlv:FuzzParseRequest ./tlv:FuzzParseReply ./cmd/converter:Fuzz
 # Debian packages the tests and the demo use at run time.
 DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy
 
-.PHONY: all build deps test check-fmt vet unit fuzz netns demo clean
+.PHONY: all build deps test check-fmt vet unit fuzz demo bench clean
 
 all: build
 
@@ -54,6 +54,14 @@ fuzz:
 		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
+
+# demo: a lab with real traffic through the converter over two subflows.
+demo: deps build
+	BIN=$(BIN) scripts/demo.sh
+
+# bench: the side-by-side benchmark (direct route, HAProxy, converter).
+bench: deps build
+	BIN=$(BIN) bench/run.sh
 
 clean:
 	rm -rf bin
