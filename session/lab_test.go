@@ -2,10 +2,10 @@ package session
 
 import (
 	"context"
+	"github.com/convert-tc/converter/internal/labtest"
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,20 +14,6 @@ import (
 	"github.com/convert-tc/converter/internal/mptcpevents"
 	"github.com/convert-tc/converter/lab"
 )
-
-// requireLab skips without root, but fails under CI so that a broken
-// runner cannot skip the integration test silently.
-func requireLab(t *testing.T) {
-	t.Helper()
-	err := lab.EnsureRoot()
-	if err == nil {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("lab prerequisites missing and CI is set: %v", err)
-	}
-	t.Skipf("needs root and kernel MPTCP for a namespace lab (set CI=1 to make this fatal): %v", err)
-}
 
 // eventLog keeps the events the table was fed.
 type eventLog struct {
@@ -76,7 +62,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // list, a refresh fills per-subflow counters, and closing brings the
 // closed event.
 func TestLabSessionSubflows(t *testing.T) {
-	requireLab(t)
+	labtest.Require(t)
 	l, err := lab.Up(t.Context(), lab.Config{Prefix: lab.UniquePrefix()})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)

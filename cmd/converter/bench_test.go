@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"github.com/convert-tc/converter/internal/labtest"
 	"os"
 	"os/exec"
 	"regexp"
@@ -16,39 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/convert-tc/converter/lab"
 )
-
-// benchRunApp is run with the bench and lab commands registered. Until app.go
-// lists them it builds the app itself, the same way run does.
-func benchRunApp(ctx context.Context, args []string, io stdio) int {
-	app := newApp(io)
-	missing := false
-	for _, cmd := range []*cli.Command{benchCommand(io), labCommand(io)} {
-		if !slices.ContainsFunc(app.Commands, func(c *cli.Command) bool { return c.Name == cmd.Name }) {
-			app.Commands = append(app.Commands, cmd)
-			missing = true
-		}
-	}
-	if !missing {
-		return run(ctx, args, io)
-	}
-	err := app.RunContext(ctx, args)
-	if err == nil {
-		return exitOK
-	}
-	var ec cli.ExitCoder
-	if errors.As(err, &ec) {
-		if msg := err.Error(); msg != "" {
-			fmt.Fprintln(io.err, msg)
-		}
-		return ec.ExitCode()
-	}
-	fmt.Fprintf(io.err, "converter: %v\n", err)
-	return exitUsage
-}
 
 // benchSyncBuffer is a bytes.Buffer that a running command and the test share.
 type benchSyncBuffer struct {
@@ -72,7 +41,7 @@ func (s *benchSyncBuffer) String() string {
 func benchCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code = benchRunApp(t.Context(), append([]string{"converter"}, args...), stdio{in: strings.NewReader(""), out: &out, err: &errb})
+	code = run(t.Context(), append([]string{"converter"}, args...), stdio{in: strings.NewReader(""), out: &out, err: &errb})
 	return code, out.String(), errb.String()
 }
 
@@ -92,7 +61,7 @@ func benchStartServer(t *testing.T, addr string, wrap func(func() error) error) 
 	go func() {
 		code := -1
 		err := wrap(func() error {
-			code = benchRunApp(ctx, []string{"converter", "bench", "--serve", addr}, stdio{in: strings.NewReader(""), out: &stderr, err: &stderr})
+			code = run(ctx, []string{"converter", "bench", "--serve", addr}, stdio{in: strings.NewReader(""), out: &stderr, err: &stderr})
 			return nil
 		})
 		if err != nil {
@@ -308,7 +277,7 @@ func TestBenchHelperProcess(t *testing.T) {
 		fmt.Fprintln(os.Stderr, err)
 		syscall.Exit(100)
 	}
-	code := benchRunApp(context.Background(), args, stdio{in: os.Stdin, out: os.Stdout, err: os.Stderr})
+	code := run(context.Background(), args, stdio{in: os.Stdin, out: os.Stdout, err: os.Stderr})
 	// syscall.Exit: the test framework refuses os.Exit(0), and must not
 	// print PASS on stdout.
 	syscall.Exit(code)
@@ -330,24 +299,11 @@ func benchInNamespace(t *testing.T, ns string, args ...string) (stdout, stderr s
 	return out.String(), errb.String()
 }
 
-// benchRequireLab skips when the lab cannot run here, but fails under CI.
-func benchRequireLab(t *testing.T) {
-	t.Helper()
-	err := lab.EnsureRoot()
-	if err == nil {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("lab prerequisites missing and CI is set: %v", err)
-	}
-	t.Skipf("lab prerequisites missing (run as root; set CI=1 to make this fatal): %v", err)
-}
-
 // TestBenchNamespaces runs the server in the lab's server namespace and
 // the generator in its client namespace, directly (the converter namespace
 // routes), over TCP and MPTCP. It also drives `converter lab`.
 func TestBenchNamespaces(t *testing.T) {
-	benchRequireLab(t)
+	labtest.Require(t)
 	prefix := lab.UniquePrefix()
 	t.Cleanup(func() {
 		if code, _, errs := benchCLI(t, "lab", "down", "--prefix", prefix); code != 0 {

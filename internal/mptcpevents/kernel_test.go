@@ -1,6 +1,7 @@
 package mptcpevents
 
 import (
+	"github.com/convert-tc/converter/internal/labtest"
 	"io"
 	"net/netip"
 	"os/exec"
@@ -19,7 +20,7 @@ import (
 // on both ends, since some attributes (if_idx) only appear on the side
 // that opened the subflow.
 func TestKernelAttributes(t *testing.T) {
-	requireLab(t)
+	labtest.Require(t)
 	l, err := lab.Up(t.Context(), lab.Config{Prefix: lab.UniquePrefix()})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -15,20 +14,6 @@ import (
 	"github.com/convert-tc/converter/lab"
 	"github.com/convert-tc/converter/sockinfo"
 )
-
-// requireLab skips without root, but fails under CI so that a broken
-// runner cannot skip the kernel checks silently.
-func requireLab(t *testing.T) {
-	t.Helper()
-	err := lab.EnsureRoot()
-	if err == nil {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("lab prerequisites missing and CI is set: %v", err)
-	}
-	t.Skipf("needs root and kernel MPTCP for a namespace lab (set CI=1 to make this fatal): %v", err)
-}
 
 // recorder runs a Listener and collects its events.
 type recorder struct {

@@ -2,6 +2,7 @@ package mptcpevents
 
 import (
 	"context"
+	"github.com/convert-tc/converter/internal/labtest"
 	"net"
 	"net/netip"
 	"os"
@@ -13,7 +14,7 @@ import (
 // TestListener checks opening by namespace file descriptor and the
 // overflow report.
 func TestListener(t *testing.T) {
-	requireLab(t)
+	labtest.Require(t)
 	l, err := lab.Up(t.Context(), lab.Config{Prefix: lab.UniquePrefix()})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)

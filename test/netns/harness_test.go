@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/convert-tc/converter/client"
+	"github.com/convert-tc/converter/internal/labtest"
 	"github.com/convert-tc/converter/lab"
 )
 
@@ -52,28 +53,6 @@ func runMain(m *testing.M) int {
 	return m.Run()
 }
 
-// requireLab skips without root and the tools the suite needs, but fails
-// when CI is set: there a missing capability is a broken machine.
-func requireLab(t *testing.T, tools ...string) {
-	t.Helper()
-	var missing []string
-	if err := lab.EnsureRoot(); err != nil {
-		missing = append(missing, err.Error())
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool+" not installed (make deps)")
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("namespace test cannot run: %s", strings.Join(missing, "; "))
-	}
-	t.Skipf("namespace test needs: %s", strings.Join(missing, "; "))
-}
-
 // env is one lab with its processes, torn down when the test ends.
 type env struct {
 	t   *testing.T
@@ -83,7 +62,7 @@ type env struct {
 
 func newEnv(t *testing.T, tools ...string) *env {
 	t.Helper()
-	requireLab(t, tools...)
+	labtest.Require(t, tools...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	l, err := lab.Up(ctx, lab.Config{Prefix: lab.UniquePrefix()})
