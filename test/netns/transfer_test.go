@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -355,4 +356,43 @@ func TestResets(t *testing.T) {
 			t.Fatalf("server read ended with %v, want connection reset", err)
 		}
 	})
+}
+
+// TestIdleTimeout: a session in which nothing moves is closed after
+// --idle-timeout, both legs reset.
+func TestIdleTimeout(t *testing.T) {
+	e := newEnv(t)
+	conv := e.startConverter("--idle-timeout", "1s")
+	l := e.listen(e.serverNS(), "10.201.3.2:8005", false)
+	srv := make(chan error, 1)
+	go func() {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			srv <- err
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.Copy(io.Discard, c)
+		srv <- err
+	}()
+	c, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8005"), MPTCP: true}, []byte("then silence"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.Copy(io.Discard, c)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read ended with %v, want a reset", err)
+	}
+	if el := time.Since(start); el < 800*time.Millisecond || el > 5*time.Second {
+		t.Errorf("closed after %v, want about 1 s", el)
+	}
+	if err := <-srv; !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("server read ended with %v, want a reset", err)
+	}
+	if ends := conv.waitRecords(t, "session end", 1); len(ends) != 1 || !strings.Contains(fmt.Sprint(ends[0]["end"]), "idle") {
+		t.Errorf("session end records: %v", ends)
+	}
 }
