@@ -27,6 +27,8 @@ type Server struct {
 	nextID  atomic.Uint64
 	stats   counters
 	buffers *bufferPool
+	// handshakeBufs holds the buffers that receive Convert messages.
+	handshakeBufs sync.Pool
 
 	mu        sync.Mutex
 	listeners []*net.TCPListener
@@ -40,7 +42,9 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("converter config: %w", err)
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), buffers: newBufferPool()}, nil
+	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), buffers: newBufferPool()}
+	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
+	return s, nil
 }
 
 // Listen opens every configured listener after checking that the kernel
@@ -171,14 +175,30 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	s.register(sess)
 	defer s.cfg.Table.Remove(sess.entry)
 
-	buf := make([]byte, readBufLen)
+	// The handshake buffer goes back to the pool once the early bytes are
+	// with the server: an idle session should cost no buffer.
+	bufp := s.handshakeBufs.Get().(*[readBufLen]byte)
+	bufHeld := true
+	freeBuf := func() {
+		if bufHeld {
+			bufHeld = false
+			s.handshakeBufs.Put(bufp)
+		}
+	}
+	defer freeBuf()
 	var m tlv.Message
-	n, got, r := s.readRequest(c, buf, &m)
+	n, got, r := s.readRequest(c, bufp[:], &m)
+	pendingHeld := false
+	releasePending := func() {
+		if pendingHeld {
+			pendingHeld = false
+			s.pending.release(sess.clientAddr.Addr())
+		}
+	}
+	defer releasePending()
 	if r == nil {
 		r = s.admit(&m, sess.clientAddr.Addr())
-		if r == nil {
-			defer s.pending.release(sess.clientAddr.Addr())
-		}
+		pendingHeld = r == nil
 	}
 	if r != nil {
 		s.finishRefused(sess, r)
@@ -189,16 +209,18 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 		s.finishInfo(sess)
 		return
 	}
+	info := m.Info() // m aliases the buffer, which is released below
 	sess.dest = conn.AddrPort()
 	sess.log = sess.log.With("destination", sess.dest.String())
 	if sess.entry != nil {
 		sess.entry.SetDestination(sess.dest)
 	}
-	if r := s.connect(ctx, sess, conn, buf[n:got]); r != nil {
+	if r := s.connect(ctx, sess, conn, bufp[n:got]); r != nil {
 		s.finishRefused(sess, r)
 		return
 	}
-	reply := successReply(m.Info(), s.cfg.SupportedKinds, sess.synAckOptions)
+	freeBuf()
+	reply := successReply(info, s.cfg.SupportedKinds, sess.synAckOptions)
 	if err := s.replyToClient(ctx, sess, reply); err != nil {
 		sess.setEndReason("reply: " + err.Error())
 		abort(sess.client)
@@ -206,7 +228,7 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 		s.logEnd(sess)
 		return
 	}
-	s.pending.release(sess.clientAddr.Addr())
+	releasePending()
 	s.stats.converted.Add(1)
 	if sess.entry != nil {
 		sess.entry.SetState(sessions.StateEstablished)

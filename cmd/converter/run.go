@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -147,6 +148,7 @@ func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string,
 	ctl := control.New(srv.Table(), log)
 	ctl.Register("converter", func() any { return srv.Stats() })
 	ctl.Register("mptcp_events", func() any { return events.Stats() })
+	ctl.Register("runtime", runtimeStats)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -155,4 +157,17 @@ func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string,
 		}
 	}()
 	return nil
+}
+
+// runtimeStats is what an operator needs to see where the daemon's memory
+// goes: goroutine stacks against heap.
+func runtimeStats() any {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return map[string]uint64{
+		"goroutines":        uint64(runtime.NumGoroutine()),
+		"heap_inuse_bytes":  ms.HeapInuse,
+		"stack_inuse_bytes": ms.StackInuse,
+		"sys_bytes":         ms.Sys,
+	}
 }
