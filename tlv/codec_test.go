@@ -3,6 +3,7 @@ package tlv
 import (
 	"bytes"
 	"errors"
+	"github.com/convert-tc/converter/tlv/tlvtest"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -11,13 +12,7 @@ import (
 
 func vectorByID(t testing.TB, id string) []byte {
 	t.Helper()
-	for _, v := range loadVectors(t) {
-		if v.id == id {
-			return v.input
-		}
-	}
-	t.Fatalf("no vector %s", id)
-	return nil
+	return tlvtest.ByID(t, id).Input
 }
 
 func TestDecodedFields(t *testing.T) {

@@ -3,13 +3,14 @@ package tlv
 import (
 	"bytes"
 	"errors"
+	"github.com/convert-tc/converter/tlv/tlvtest"
 	"testing"
 )
 
 func seedFuzz(f *testing.F, dir string) {
-	for _, v := range loadVectors(f) {
-		if v.dir == dir {
-			f.Add(v.input)
+	for _, v := range tlvtest.Load(f) {
+		if v.Dir == dir {
+			f.Add(v.Input)
 		}
 	}
 	f.Add(d26())

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -9,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"flag"
+	"github.com/convert-tc/converter/tlv/tlvtest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -50,59 +50,26 @@ func runDecodeCLI(t testing.TB, stdin []byte, args ...string) decodeCLIResult {
 	return decodeCLIResult{code: code, out: out.String(), err: errOut.String()}
 }
 
-// decodeVector is one line of tlv/testdata/vectors.txt:
-// id direction expect input-hex reply-hex ("-" for none).
-type decodeVector struct {
-	id, dir, expect, input string
-}
+// decodeVector is one vector of tlv/testdata/vectors.txt.
+type decodeVector struct{ tlvtest.Vector }
 
 func loadDecodeVectors(t testing.TB) []decodeVector {
 	t.Helper()
-	f, err := os.Open(filepath.Join("..", "..", "tlv", "testdata", "vectors.txt"))
-	if err != nil {
-		t.Fatalf("open vectors: %v", err)
-	}
-	defer f.Close()
 	var vs []decodeVector
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		fs := strings.Fields(line)
-		if len(fs) != 5 {
-			t.Fatalf("vector line %q: want 5 fields", line)
-		}
-		in := fs[3]
-		if in == "-" {
-			in = ""
-		}
-		vs = append(vs, decodeVector{id: fs[0], dir: fs[1], expect: fs[2], input: in})
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("read vectors: %v", err)
-	}
-	if len(vs) < 80 {
-		t.Fatalf("only %d vectors loaded", len(vs))
+	for _, v := range tlvtest.Load(t) {
+		vs = append(vs, decodeVector{v})
 	}
 	return vs
 }
 
 func decodeVectorByID(t testing.TB, id string) decodeVector {
 	t.Helper()
-	for _, v := range loadDecodeVectors(t) {
-		if v.id == id {
-			return v
-		}
-	}
-	t.Fatalf("no vector %s", id)
-	return decodeVector{}
+	return decodeVector{tlvtest.ByID(t, id)}
 }
 
 func (v decodeVector) args(extra ...string) []string {
-	args := append([]string{"decode", "--hex", v.input}, extra...)
-	if v.dir == "reply" {
+	args := append([]string{"decode", "--hex", v.InputHex}, extra...)
+	if v.Dir == "reply" {
 		args = append(args, "--reply")
 	}
 	return args
@@ -126,7 +93,7 @@ type decodeMsgOut struct {
 
 func TestDecodeVectors(t *testing.T) {
 	for _, v := range loadDecodeVectors(t) {
-		t.Run(v.id, func(t *testing.T) {
+		t.Run(v.ID, func(t *testing.T) {
 			r := runDecodeCLI(t, nil, v.args("--json")...)
 			if strings.Count(r.out, "\n") != 1 || !strings.HasSuffix(r.out, "\n") || r.err != "" {
 				t.Fatalf("want one JSON line and no stderr, got %q, stderr %q", r.out, r.err)
@@ -146,7 +113,7 @@ func TestDecodeVectors(t *testing.T) {
 func checkDecodeOutcome(t *testing.T, v decodeVector, code int, m decodeMsgOut) {
 	t.Helper()
 	switch {
-	case v.expect == "ok" || v.expect == "cookie":
+	case v.Expect == "ok" || v.Expect == "cookie":
 		if code != exitOK || m.Error != nil {
 			t.Fatalf("exit %d, error %+v; want valid", code, m.Error)
 		}
@@ -157,18 +124,18 @@ func checkDecodeOutcome(t *testing.T, v decodeVector, code int, m decodeMsgOut) 
 		if wordCount != *m.TotalLength {
 			t.Errorf("TLV lengths add up to %d words, total length %d", wordCount, *m.TotalLength)
 		}
-	case v.expect == "reset" || v.expect == "abort":
-		name := map[string]string{"reset": "reset (no Error TLV)", "abort": "silent abort (no Error TLV)"}[v.expect]
-		if code != exitRefused || m.Error == nil || m.Error.Code != -1 || m.Error.Action != v.expect || m.Error.Name != name {
-			t.Fatalf("exit %d, error %+v; want %s", code, m.Error, v.expect)
+	case v.Expect == "reset" || v.Expect == "abort":
+		name := map[string]string{"reset": "reset (no Error TLV)", "abort": "silent abort (no Error TLV)"}[v.Expect]
+		if code != exitRefused || m.Error == nil || m.Error.Code != -1 || m.Error.Action != v.Expect || m.Error.Name != name {
+			t.Fatalf("exit %d, error %+v; want %s", code, m.Error, v.Expect)
 		}
-	case strings.HasPrefix(v.expect, "error="):
-		want, _ := strconv.Atoi(strings.TrimPrefix(v.expect, "error="))
+	case strings.HasPrefix(v.Expect, "error="):
+		want, _ := strconv.Atoi(strings.TrimPrefix(v.Expect, "error="))
 		if code != exitRefused || m.Error == nil || m.Error.Code != want || m.Error.Action != "reply" || m.Error.Reason == "" {
 			t.Fatalf("exit %d, error %+v; want code %d", code, m.Error, want)
 		}
 	default:
-		t.Fatalf("unknown expectation %q", v.expect)
+		t.Fatalf("unknown expectation %q", v.Expect)
 	}
 }
 
@@ -349,11 +316,11 @@ func fxUnhex(t testing.TB, s string) []byte {
 func fxCat(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
 
 func pcapFixtures(t testing.TB) []pcapFixture {
-	a2 := fxUnhex(t, decodeVectorByID(t, "A2").input)
-	a3 := fxUnhex(t, decodeVectorByID(t, "A3").input)
-	b1 := fxUnhex(t, decodeVectorByID(t, "B1").input)
-	c32 := fxUnhex(t, decodeVectorByID(t, "C32").input)
-	d3 := fxUnhex(t, decodeVectorByID(t, "D3").input)
+	a2 := fxUnhex(t, decodeVectorByID(t, "A2").InputHex)
+	a3 := fxUnhex(t, decodeVectorByID(t, "A3").InputHex)
+	b1 := fxUnhex(t, decodeVectorByID(t, "B1").InputHex)
+	c32 := fxUnhex(t, decodeVectorByID(t, "C32").InputHex)
+	d3 := fxUnhex(t, decodeVectorByID(t, "D3").InputHex)
 	d3reply := fxUnhex(t, "010422631e030100010222630a000000")
 	http := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	get := []byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
@@ -789,7 +756,7 @@ func TestFlowWithoutSYN(t *testing.T) {
 
 func FuzzDecodeHex(f *testing.F) {
 	for _, v := range loadDecodeVectors(f) {
-		f.Add(fxUnhex(f, v.input), v.dir == "reply")
+		f.Add(fxUnhex(f, v.InputHex), v.Dir == "reply")
 	}
 	f.Fuzz(func(t *testing.T, b []byte, reply bool) {
 		args := []string{"decode", "--json", "--hex", hex.EncodeToString(b)}

@@ -1,7 +1,6 @@
 package netns
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/hex"
@@ -12,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,6 +19,7 @@ import (
 	"github.com/convert-tc/converter/client"
 	"github.com/convert-tc/converter/cookie"
 	"github.com/convert-tc/converter/tlv"
+	"github.com/convert-tc/converter/tlv/tlvtest"
 )
 
 // rawExchange sends payload in the SYN of a new connection (half-closing
@@ -56,7 +55,7 @@ func (e *env) rawExchange(via netip.AddrPort, payload []byte, shut bool) ([]byte
 	return io.ReadAll(c)
 }
 
-// vectorFile reads the codec's test vectors: id -> (input, expect, reply).
+// wireVector is one request vector of the codec and the reply it gets.
 type wireVector struct {
 	expect       string
 	input, reply []byte
@@ -64,29 +63,11 @@ type wireVector struct {
 
 func loadWireVectors(t *testing.T) map[string]wireVector {
 	t.Helper()
-	f, err := os.Open("../../tlv/testdata/vectors.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	out := map[string]wireVector{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) != 5 || strings.HasPrefix(fs[0], "#") {
-			continue
-		}
-		out[fs[0]] = wireVector{expect: fs[2], input: unhexDash(fs[3]), reply: unhexDash(fs[4])}
+	for _, v := range tlvtest.Load(t) {
+		out[v.ID] = wireVector{expect: v.Expect, input: v.Input, reply: v.Reply}
 	}
 	return out
-}
-
-func unhexDash(s string) []byte {
-	if s == "-" {
-		return nil
-	}
-	b, _ := hex.DecodeString(s)
-	return b
 }
 
 // errorReply checks that reply is exactly one Convert message carrying an
