@@ -1,0 +1,99 @@
+// Package tproxy installs the policy routing that transparent steering
+// needs: packets marked by the steering program are delivered locally
+// (a `local` default route in a table of its own, chosen by an fwmark
+// rule), for IPv4 and IPv6. Everything installed is removed by Remove.
+package tproxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Routing is the rules and routes one converter installed.
+type Routing struct {
+	Mark  uint32
+	Table int
+
+	rules  []*netlink.Rule
+	routes []*netlink.Route
+}
+
+// rulePriority sits before the main table's rule (32766) so marked
+// packets never reach the forwarding path, where an assigned socket
+// would be dropped.
+const rulePriority = 100
+
+// Install adds, in the network namespace of the calling thread, one fwmark
+// rule and one local default route per family. Existing identical entries
+// are taken over (a crashed predecessor may have left them).
+func Install(mark uint32, table int) (*Routing, error) {
+	r := &Routing{Mark: mark, Table: table}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return nil, fmt.Errorf("find lo: %w", err)
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		if err := r.installFamily(fam, lo.Attrs().Index); err != nil {
+			r.Remove()
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+func (r *Routing) installFamily(fam, loIndex int) error {
+	rule := netlink.NewRule()
+	rule.Family = fam
+	rule.Mark = r.Mark
+	mask := uint32(0xffffffff)
+	rule.Mask = &mask
+	rule.Table = r.Table
+	rule.Priority = rulePriority
+	if err := netlink.RuleAdd(rule); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return fmt.Errorf("add fwmark %#x rule to table %d (%s): %w", r.Mark, r.Table, famName(fam), err)
+	}
+	r.rules = append(r.rules, rule)
+	dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+	if fam == netlink.FAMILY_V6 {
+		dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	}
+	route := &netlink.Route{
+		LinkIndex: loIndex, Dst: dst, Table: r.Table,
+		Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Family: fam,
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("add local default route in table %d (%s): %w", r.Table, famName(fam), err)
+	}
+	r.routes = append(r.routes, route)
+	return nil
+}
+
+// Remove deletes what Install added; it reports the first failure but
+// tries everything.
+func (r *Routing) Remove() error {
+	var first error
+	for _, rule := range r.rules {
+		if err := netlink.RuleDel(rule); err != nil && !errors.Is(err, syscall.ENOENT) && first == nil {
+			first = fmt.Errorf("delete fwmark rule: %w", err)
+		}
+	}
+	for _, route := range r.routes {
+		if err := netlink.RouteDel(route); err != nil && !errors.Is(err, syscall.ESRCH) && first == nil {
+			first = fmt.Errorf("delete local route: %w", err)
+		}
+	}
+	r.rules, r.routes = nil, nil
+	return first
+}
+
+func famName(fam int) string {
+	if fam == netlink.FAMILY_V6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
