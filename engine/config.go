@@ -58,6 +58,11 @@ type Config struct {
 
 	Logger *slog.Logger
 
+	// Transparent makes the listeners IP_TRANSPARENT, so that SYNs steered
+	// to them while addressed to the real server are accepted; sessions
+	// then record the original destination beside the Connect one.
+	Transparent bool
+
 	// Table receives every session for operators; nil gives the Server a
 	// table of its own, bounded by MaxSessions.
 	Table *sessions.Table

@@ -25,12 +25,24 @@ const tfoServerBit = 0x2
 // listen opens one client-facing listener: MPTCP explicitly on (plain TCP
 // clients fall back transparently), TCP Fast Open with no cookie so that a
 // Convert message in the SYN is accepted at once.
-func listen(ctx context.Context, addr string) (*net.TCPListener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		return setSockopts(c, []sockopt{
+//
+// A transparent listener (IP_TRANSPARENT) also takes SYNs addressed to
+// other hosts that the steering program assigned to it, and answers them
+// from the original destination.
+func listen(ctx context.Context, addr string, transparent bool) (*net.TCPListener, error) {
+	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
+		opts := []sockopt{
 			{unix.IPPROTO_TCP, unix.TCP_FASTOPEN, fastOpenQueue, "TCP_FASTOPEN"},
 			{unix.IPPROTO_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1, "TCP_FASTOPEN_NO_COOKIE"},
-		})
+		}
+		if transparent {
+			if network == "tcp4" {
+				opts = append(opts, sockopt{unix.SOL_IP, unix.IP_TRANSPARENT, 1, "IP_TRANSPARENT"})
+			} else {
+				opts = append(opts, sockopt{unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1, "IPV6_TRANSPARENT"})
+			}
+		}
+		return setSockopts(c, opts)
 	}}
 	lc.SetMultipathTCP(true)
 	l, err := lc.Listen(ctx, "tcp", addr)

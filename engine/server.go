@@ -54,7 +54,7 @@ func (s *Server) Listen(ctx context.Context) error {
 		return fmt.Errorf("kernel check: %w", err)
 	}
 	for _, addr := range s.cfg.Listen {
-		l, err := listen(ctx, addr)
+		l, err := listen(ctx, addr, s.cfg.Transparent)
 		if err != nil {
 			s.closeListeners()
 			return err
@@ -348,7 +348,11 @@ func (s *Server) finishInfo(sess *session) {
 }
 
 func (s *Server) logEnd(sess *session) {
-	sess.log.Info("session end",
+	attrs := []any{}
+	if sess.original.IsValid() {
+		attrs = append(attrs, "original_destination", sess.original.String())
+	}
+	sess.log.With(attrs...).Info("session end",
 		"bytes_to_server", sess.bytesToServer.Load(),
 		"bytes_to_client", sess.bytesToClient.Load(),
 		"duration_ms", time.Since(sess.start).Milliseconds(),
@@ -365,6 +369,10 @@ func isEOFOrTimeout(err error) bool {
 func (s *Server) newSession(c *net.TCPConn) *session {
 	sess := &session{id: s.nextID.Add(1), client: c, start: time.Now(), mptcp: multipath(c), buffers: s.buffers}
 	sess.clientAddr = unmapAddrPort(c.RemoteAddr())
+	if s.cfg.Transparent {
+		// A steered SYN was accepted as if by the server it named.
+		sess.original = unmapAddrPort(c.LocalAddr())
+	}
 	if info, err := sockinfo.GetTCPInfo(c); err == nil {
 		sess.synData = info.SynData()
 	}
@@ -377,9 +385,10 @@ func (s *Server) newSession(c *net.TCPConn) *session {
 // the session its entry, not its service: the table counts the refusal.
 func (s *Server) register(sess *session) {
 	e, err := s.cfg.Table.Add(sessions.Accepted{
-		ID:     sess.id,
-		Client: sess.client,
-		Start:  sess.start,
+		ID:       sess.id,
+		Client:   sess.client,
+		Start:    sess.start,
+		Original: sess.original,
 		Counters: sessions.Counters{
 			ToServer: &sess.bytesToServer, ToClient: &sess.bytesToClient, LastActive: &sess.lastActive,
 		},

@@ -20,6 +20,7 @@ type session struct {
 	client     *net.TCPConn
 	clientAddr netip.AddrPort
 	dest       netip.AddrPort
+	original   netip.AddrPort // where the client's SYN was addressed (transparent mode)
 	start      time.Time
 	mptcp      bool // the Client leg is MPTCP (false: plain TCP or fallback)
 	synData    bool // the Convert message came in the SYN
