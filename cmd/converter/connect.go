@@ -33,7 +33,8 @@ func connectCommand(io stdio) *cli.Command {
 			"no cookie) to the converter, then copies stdin to the connection and the connection to\n" +
 			"stdout. On an Error TLV it prints 'converter error N (Name)' and exits 3.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "via", Required: true, Usage: "converter `ADDR:PORT`"},
+			&cli.StringFlag{Name: "via", Usage: "converter `ADDR:PORT` (explicit mode)"},
+			&cli.BoolFlag{Name: "transparent", Usage: "send the Convert SYN to HOST:PORT itself, for a converter on the path (transparent mode)"},
 			&cli.BoolFlag{Name: "mptcp", Value: true, Usage: "use Multipath TCP toward the converter"},
 			&cli.StringFlag{Name: "cookie", Usage: "Cookie TLV value, `HEX`"},
 			&cli.BoolFlag{Name: "info", Usage: "ask for the converter's supported TCP extensions and print them"},
@@ -81,11 +82,18 @@ func runConnect(c *cli.Context, io stdio) error {
 }
 
 func connectOptions(c *cli.Context) (client.Options, error) {
-	via, err := netip.ParseAddrPort(c.String("via"))
-	if err != nil {
-		return client.Options{}, usageError("--via %q: %v", c.String("via"), err)
+	o := client.Options{MPTCP: c.Bool("mptcp"), Info: c.Bool("info")}
+	var err error
+	switch {
+	case c.Bool("transparent") && c.IsSet("via"):
+		return o, usageError("--via and --transparent exclude each other")
+	case !c.Bool("transparent") && !c.IsSet("via"):
+		return o, usageError("connect needs --via ADDR:PORT (or --transparent)")
+	case !c.Bool("transparent"):
+		if o.Via, err = netip.ParseAddrPort(c.String("via")); err != nil {
+			return o, usageError("--via %q: %v", c.String("via"), err)
+		}
 	}
-	o := client.Options{Via: via, MPTCP: c.Bool("mptcp"), Info: c.Bool("info")}
 	switch c.NArg() {
 	case 0:
 		if !o.Info {
@@ -97,6 +105,12 @@ func connectOptions(c *cli.Context) (client.Options, error) {
 		}
 	default:
 		return o, usageError("connect takes one HOST:PORT, got %d arguments", c.NArg())
+	}
+	if c.Bool("transparent") {
+		if !o.Dest.IsValid() {
+			return o, usageError("--transparent needs HOST:PORT")
+		}
+		o.Via = o.Dest // the converter on the path takes the SYN
 	}
 	if o.Cookie, err = hexFlag(c, "cookie"); err != nil {
 		return o, err
