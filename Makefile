@@ -9,8 +9,8 @@ LDFLAGS   := -X main.version=$(VERSION)
 BIN       := bin/converter
 FUZZTIME  ?= 15s
 # Fuzz targets, as package:target.
-FUZZ_TARGETS := ./tlv:FuzzParseRequest ./tlv:FuzzParseReply ./cmd/converter:FuzzDecodeHex \
-	./cmd/converter:FuzzDecodePcap ./internal/mptcpevents:FuzzDecode ./sockinfo:FuzzDecode
+FUZZ_TARGETS := ./tlv:FuzzParseRequest ./tlv:FuzzParseReply ./dissect:FuzzDecode \
+	./capture:FuzzStreams ./internal/mptcpevents:FuzzDecode ./sockinfo:FuzzDecode
 
 # Debian packages the tests and the demo use at run time.
 DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/convert-tc/converter/client"
+	"github.com/convert-tc/converter/dissect"
 	"github.com/convert-tc/converter/tlv"
 )
 
@@ -229,5 +230,5 @@ func (cr *chunkReader) copyTo(w io.Writer) error {
 
 // printReply shows the converter's reply for -v.
 func printReply(w io.Writer, reply []byte) {
-	fmt.Fprint(w, msgText(decodeMessage(reply, msgReply)))
+	fmt.Fprint(w, dissect.Decode(reply, dissect.Reply).Text())
 }
