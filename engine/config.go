@@ -63,6 +63,15 @@ type Config struct {
 	// then record the original destination beside the Connect one.
 	Transparent bool
 
+	// Tokens, when set, learns the MPTCP token of every accepted client
+	// connection for as long as the session lives, so that MP_JOIN SYNs
+	// for it can be steered to the converter (transparent mode).
+	Tokens TokenSteering
+	// SynAcks, when set, holds the exact TCP options of server-leg
+	// SYN+ACKs; the Extended TCP Header then copies them instead of
+	// rebuilding them from TCP_INFO.
+	SynAcks SynAckSource
+
 	// Table receives every session for operators; nil gives the Server a
 	// table of its own, bounded by MaxSessions.
 	Table *sessions.Table
@@ -111,4 +120,17 @@ func (c Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// TokenSteering is the steering program's token map.
+type TokenSteering interface {
+	AddToken(token uint32) error
+	RemoveToken(token uint32) error
+}
+
+// SynAckSource gives the TCP options of the SYN+ACK that remote sent to
+// the local port of a server leg.
+type SynAckSource interface {
+	Lookup(remote netip.AddrPort, localPort uint16) ([]byte, bool)
+	Delete(remote netip.AddrPort, localPort uint16) error
 }

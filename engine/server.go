@@ -174,6 +174,9 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	defer s.untrack(sess)
 	s.register(sess)
 	defer s.cfg.Table.Remove(sess.entry)
+	if untrack := s.steerJoins(sess); untrack != nil {
+		defer untrack()
+	}
 
 	// The handshake buffer goes back to the pool once the early bytes are
 	// with the server: an idle session should cost no buffer.
@@ -282,16 +285,35 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	}
 	sess.setServer(server)
 	sess.bytesToServer.Add(int64(len(early)))
-	info, err := sockinfo.GetTCPInfo(server)
-	if err == nil {
-		sess.synAckOptions = synthesizeSynAckOptions(info, multipath(server))
-		sess.synthesized = true
-	}
+	sess.synAckOptions, sess.synthesized = s.synAckOptions(server, sess.dest)
 	if sess.entry != nil {
 		sess.entry.SetServer(server)
-		sess.entry.SetSynAck(sessions.SynAckSynthesized)
+		src := sessions.SynAckExact
+		if sess.synthesized {
+			src = sessions.SynAckSynthesized
+		}
+		sess.entry.SetSynAck(src)
 	}
 	return nil
+}
+
+// synAckOptions returns the server's SYN+ACK options: the captured bytes
+// when capture is on and saw this connection, otherwise options rebuilt
+// from TCP_INFO (synthesized is then true).
+func (s *Server) synAckOptions(server *net.TCPConn, dest netip.AddrPort) (opts []byte, synthesized bool) {
+	if s.cfg.SynAcks != nil {
+		local := unmapAddrPort(server.LocalAddr())
+		if b, ok := s.cfg.SynAcks.Lookup(dest, local.Port()); ok {
+			s.cfg.SynAcks.Delete(dest, local.Port())
+			return b, false
+		}
+		s.stats.synAckMissed.Add(1)
+	}
+	info, err := sockinfo.GetTCPInfo(server)
+	if err != nil {
+		return nil, true
+	}
+	return synthesizeSynAckOptions(info, multipath(server)), true
 }
 
 // replyToClient waits for the Client's handshake to complete (an MPTCP
@@ -398,6 +420,24 @@ func (s *Server) register(sess *session) {
 		return
 	}
 	sess.entry = e
+}
+
+// steerJoins puts the session's MPTCP token in the steering program's map
+// at once (the client's MP_JOIN may follow within an RTT) and returns the
+// function that takes it out.
+func (s *Server) steerJoins(sess *session) func() {
+	if s.cfg.Tokens == nil || sess.entry == nil {
+		return nil
+	}
+	token, ok := sess.entry.Token()
+	if !ok {
+		return nil
+	}
+	if err := s.cfg.Tokens.AddToken(token); err != nil {
+		sess.log.Warn("token not steerable", "error", err.Error())
+		return nil
+	}
+	return func() { s.cfg.Tokens.RemoveToken(token) }
 }
 
 // Table returns the table of sessions in progress.

@@ -84,6 +84,7 @@ type counters struct {
 	accepts, mptcp, fallback, synData atomic.Uint64
 	converted, infoOnly, dialFailures atomic.Uint64
 	resets, aborts                    atomic.Uint64
+	synAckMissed                      atomic.Uint64      // capture on, SYN+ACK not found
 	refused                           [256]atomic.Uint64 // by Error code
 }
 
@@ -121,6 +122,7 @@ type Stats struct {
 	DialFailures uint64            `json:"dial_failures"`
 	Resets       uint64            `json:"resets"`
 	Aborts       uint64            `json:"silent_aborts"`
+	SynAckMissed uint64            `json:"syn_ack_capture_missed"`
 	Refused      map[string]uint64 `json:"refused"` // by Error code name
 	Active       int64             `json:"active"`
 }
@@ -132,7 +134,8 @@ func (s *Server) Stats() Stats {
 		Accepted: c.accepts.Load(), MPTCP: c.mptcp.Load(), PlainTCP: c.fallback.Load(),
 		SynData: c.synData.Load(), Converted: c.converted.Load(), InfoOnly: c.infoOnly.Load(),
 		DialFailures: c.dialFailures.Load(), Resets: c.resets.Load(), Aborts: c.aborts.Load(),
-		Refused: map[string]uint64{}, Active: s.active.Load(),
+		SynAckMissed: c.synAckMissed.Load(),
+		Refused:      map[string]uint64{}, Active: s.active.Load(),
 	}
 	for i := range c.refused {
 		if n := c.refused[i].Load(); n > 0 {
