@@ -64,6 +64,7 @@ func newApp(io stdio) *cli.App {
 			connectCommand(io),
 			decodeCommand(io),
 			sessionsCommand(io),
+			bpfCommand(io),
 			benchCommand(io),
 			labCommand(io),
 		},

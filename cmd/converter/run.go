@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -25,7 +26,7 @@ func runCommand(io stdio) *cli.Command {
 		Description: "Listens for Convert clients (MPTCP or plain TCP, Convert message in the SYN or right\n" +
 			"after the handshake), reaches the server named in the Connect TLV and relays both ways.\n" +
 			"Logs are JSON on stderr: one record per session end and one per refusal.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice(engine.DefaultListen), Usage: "address:port to listen on (repeatable); [::] is dual stack"},
 			&cli.StringFlag{Name: "cookie-secret", Usage: "file with the cookie secret (hex; a second line holds the previous secret during a rotation); turns on cookie mode"},
 			&cli.StringSliceFlag{Name: "deny", Usage: "destination `CIDR` refused with Not Authorized (repeatable)"},
@@ -38,12 +39,21 @@ func runCommand(io stdio) *cli.Command {
 			&cli.DurationFlag{Name: "idle-timeout", Value: 2*time.Hour + 4*time.Minute, Usage: "close sessions idle this long (0: never)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "unix socket serving the session table (mode 0600); empty to disable"},
-		},
+		}, transparentFlags()...),
 		Action: func(c *cli.Context) error {
 			cfg, err := runConfig(c, io)
 			if err != nil {
 				return err
 			}
+			dp, err := setupDataplane(c, &cfg, cfg.Logger)
+			if err != nil {
+				var ec cli.ExitCoder
+				if errors.As(err, &ec) {
+					return err
+				}
+				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
+			}
+			defer dp.close(cfg.Logger)
 			srv, err := engine.New(cfg)
 			if err != nil {
 				return usageError("%v", err)
@@ -54,7 +64,7 @@ func runCommand(io stdio) *cli.Command {
 			ctx, cancel := context.WithCancel(c.Context)
 			defer cancel()
 			var side sync.WaitGroup
-			if err := startObservers(ctx, &side, c.String("control"), srv, cfg.Logger); err != nil {
+			if err := startObservers(ctx, &side, c.String("control"), srv, dp, cfg.Logger); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
 			for _, a := range srv.Addrs() {
@@ -129,7 +139,7 @@ func prefixes(ss []string) ([]netip.Prefix, error) {
 
 // startObservers feeds the session table from the kernel's MPTCP events
 // and serves it on the control socket. Both run until ctx ends.
-func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string, srv *engine.Server, log *slog.Logger) error {
+func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string, srv *engine.Server, dp *dataplane, log *slog.Logger) error {
 	events, err := mptcpevents.Listen(nil)
 	if err != nil {
 		return fmt.Errorf("subscribe to MPTCP events: %w", err)
@@ -149,6 +159,7 @@ func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string,
 	ctl.Register("converter", func() any { return srv.Stats() })
 	ctl.Register("mptcp_events", func() any { return events.Stats() })
 	ctl.Register("runtime", runtimeStats)
+	ctl.Register("bpf", dp.status)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

@@ -1,0 +1,123 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// tcxLinks owns the tcx ingress links of one program.
+type tcxLinks struct {
+	mu    sync.Mutex
+	prog  *ebpf.Program // nil once closed
+	links []tcxLink
+}
+
+type tcxLink struct {
+	name    string
+	ifindex int
+	netns   uint64
+	l       link.Link
+}
+
+// currentNetns returns the inode of the calling thread's network namespace:
+// an ifindex only means something together with it.
+func currentNetns() (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("stat own netns: %w", err)
+	}
+	return st.Ino, nil
+}
+
+func (t *tcxLinks) attach(ifindex int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.prog == nil {
+		return ErrClosed
+	}
+	ns, err := currentNetns()
+	if err != nil {
+		return fmt.Errorf("attach tcx ingress on ifindex %d: %w", ifindex, err)
+	}
+	if t.find(ns, ifindex) >= 0 {
+		return fmt.Errorf("attach tcx ingress on ifindex %d: already attached", ifindex)
+	}
+	ifi, err := net.InterfaceByIndex(ifindex)
+	if err != nil {
+		return fmt.Errorf("attach tcx ingress on ifindex %d: %w", ifindex, err)
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: t.prog, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return fmt.Errorf("attach tcx ingress on ifindex %d (%s): %w", ifindex, ifi.Name, err)
+	}
+	t.links = append(t.links, tcxLink{name: ifi.Name, ifindex: ifindex, netns: ns, l: l})
+	return nil
+}
+
+func (t *tcxLinks) detach(ifindex int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ns, err := currentNetns()
+	if err != nil {
+		return fmt.Errorf("detach tcx ingress on ifindex %d: %w", ifindex, err)
+	}
+	i := t.find(ns, ifindex)
+	if i < 0 {
+		return fmt.Errorf("detach tcx ingress on ifindex %d: not attached", ifindex)
+	}
+	err = t.links[i].l.Close()
+	t.links = slices.Delete(t.links, i, i+1)
+	if err != nil {
+		return fmt.Errorf("detach tcx ingress on ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+func (t *tcxLinks) find(netns uint64, ifindex int) int {
+	return slices.IndexFunc(t.links, func(l tcxLink) bool { return l.netns == netns && l.ifindex == ifindex })
+}
+
+func (t *tcxLinks) status() []Attachment {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Attachment, 0, len(t.links))
+	for _, l := range t.links {
+		a := Attachment{Interface: l.name, Ifindex: l.ifindex, Netns: l.netns}
+		// A link whose interface was deleted still has an id; its
+		// ifindex reads 0 then.
+		if info, err := l.l.Info(); err == nil {
+			a.LinkID = uint32(info.ID)
+			a.ProgramID = uint32(info.Program)
+			if tcx := info.TCX(); tcx != nil && tcx.Ifindex == 0 {
+				a.Ifindex = 0
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// close detaches every link; later calls return ErrClosed.
+func (t *tcxLinks) close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.prog == nil {
+		return ErrClosed
+	}
+	var errs []error
+	for _, l := range t.links {
+		if err := l.l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach tcx ingress on %s (ifindex %d): %w", l.name, l.ifindex, err))
+		}
+	}
+	t.links = nil
+	t.prog = nil
+	return errors.Join(errs...)
+}

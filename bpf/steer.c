@@ -1,0 +1,253 @@
+//go:build ignore
+
+/* steer runs at tcx ingress on the converter's client-facing interfaces. It
+ * hands Convert SYNs and MP_JOIN SYNs of known connections to the
+ * converter's transparent MPTCP listener (bpf_sk_assign) and marks every
+ * packet of locally terminated flows, so that policy routing (fwmark ->
+ * `local` route) delivers them instead of forwarding them to the real
+ * destination. Everything else is left alone. */
+
+#include <linux/pkt_cls.h>
+#include "parse.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+/* Set from Go before load. */
+volatile const __u32 mark = 0;           /* skb->mark for local delivery */
+volatile const __u16 converter_port = 0; /* the converter's listener port */
+
+enum steer_counter {
+	STEER_STEERED,       /* SYNs assigned to a listener (joins included) */
+	STEER_JOINS_STEERED, /* MP_JOIN SYNs among them */
+	STEER_PASSED,        /* packets left alone */
+	STEER_EST_MARKED,    /* packets of locally terminated flows */
+	STEER_LOOKUP_FAILED, /* SYNs to steer but no listener found */
+	STEER_ASSIGN_FAILED, /* bpf_sk_assign refused */
+	STEER_COUNTERS,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STEER_COUNTERS);
+	__type(key, enum steer_counter);
+	__type(value, __u64);
+} steer_counters SEC(".maps");
+
+/* Local MPTCP tokens of accepted connections, as the 4 bytes appear in
+ * MP_JOIN (a big-endian number, read here as a native u32). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} tokens SEC(".maps");
+
+static __always_inline void count(enum steer_counter c)
+{
+	__u32 key = c;
+	__u64 *v = bpf_map_lookup_elem(&steer_counters, &key);
+
+	if (v)
+		*v += 1; /* per-CPU slot: no atomics needed */
+}
+
+/* Largest offset of the TCP header: Ethernet + IPv4 with options. */
+#define MAX_TCP_OFF (sizeof(struct ethhdr) + 60)
+
+/* linear makes the first n bytes of skb directly readable. */
+static __always_inline int linear(struct __sk_buff *skb, __u32 n)
+{
+	if ((void *)(long)skb->data + n <= (void *)(long)skb->data_end)
+		return 0;
+	if (n > skb->len)
+		return -1;
+	return bpf_skb_pull_data(skb, n) ? -1 : 0;
+}
+
+/* local_flow reports whether the packet's own tuple names a local socket
+ * other than a listener: an established, request or time-wait socket of a
+ * flow the converter terminates. Uses skc_lookup (request and time-wait
+ * sockets are not full sockets) and drops the reference at once. */
+static __always_inline int local_flow(struct __sk_buff *skb, struct pkt *p)
+{
+	struct bpf_sock *sk;
+	__u32 state;
+
+	if (p->v4)
+		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	state = sk->state;
+	bpf_sk_release(sk);
+	return state != BPF_TCP_LISTEN;
+}
+
+/* Convert message: version 1, total length in 32-bit words, magic 0x2263,
+ * then the first TLV (type, length in words). */
+#define CONVERT_VERSION 1
+#define CONVERT_MAGIC_HI 0x22
+#define CONVERT_MAGIC_LO 0x63
+#define TLV_INFO 0x01
+#define TLV_CONNECT 0x0a
+#define CONVERT_MIN_LEN 8 /* header + one TLV word */
+
+/* is_convert reports whether the SYN payload starts with a plausible,
+ * complete Convert message. */
+static __always_inline int is_convert(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u32 off = p->tcp_off + p->doff;
+	void *data, *data_end;
+	__u8 *m;
+
+	if (p->paylen < CONVERT_MIN_LEN || p->tcp_off > MAX_TCP_OFF || p->doff > 60)
+		return 0;
+	if (linear(skb, off + 6))
+		return 0;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	m = data + off;
+	if ((void *)(m + 6) > data_end)
+		return 0;
+	if (m[0] != CONVERT_VERSION || m[1] < 2 || (__u32)m[1] * 4 > p->paylen)
+		return 0;
+	if (m[2] != CONVERT_MAGIC_HI || m[3] != CONVERT_MAGIC_LO)
+		return 0;
+	if (m[4] != TLV_CONNECT && m[4] != TLV_INFO)
+		return 0;
+	return m[5] >= 1 && m[5] < m[1];
+}
+
+#define TCPOPT_EOL 0
+#define TCPOPT_NOP 1
+#define TCPOPT_MPTCP 30
+#define MPTCP_SUB_JOIN 1
+#define MPTCP_JOIN_SYN_LEN 12
+
+/* join_token finds an MP_JOIN option (kind 30, subtype 1) and copies its
+ * receiver token (option bytes 4..7) in wire order. */
+static __always_inline int join_token(struct __sk_buff *skb, const struct pkt *p, __u32 *token)
+{
+	__u32 optlen = p->doff - sizeof(struct tcphdr);
+	__u32 base = p->tcp_off + sizeof(struct tcphdr);
+	void *data, *data_end;
+	__u8 *opts, *o;
+	__u32 i = 0;
+
+	if (optlen < MPTCP_JOIN_SYN_LEN || optlen > TCP_MAX_OPTLEN || p->tcp_off > MAX_TCP_OFF)
+		return 0;
+	if (linear(skb, base + optlen))
+		return 0;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	opts = data + base;
+
+	for (int n = 0; n < TCP_MAX_OPTLEN; n++) {
+		/* Forget i's exact value so the verifier can prune states
+		 * across the walk instead of exploring every path. */
+		asm volatile("%0 &= 63" : "+r"(i));
+		if (i >= optlen)
+			return 0;
+		o = opts + i;
+		if ((void *)(o + 1) > data_end)
+			return 0;
+		if (o[0] == TCPOPT_EOL)
+			return 0;
+		if (o[0] == TCPOPT_NOP) {
+			i++;
+			continue;
+		}
+		if ((void *)(o + 2) > data_end || o[1] < 2)
+			return 0;
+		if (o[0] == TCPOPT_MPTCP && o[1] >= MPTCP_JOIN_SYN_LEN) {
+			if ((void *)(o + 8) > data_end)
+				return 0;
+			if ((o[2] >> 4) != MPTCP_SUB_JOIN)
+				return 0;
+			__builtin_memcpy(token, o + 4, 4);
+			return 1;
+		}
+		i += o[1];
+	}
+	return 0;
+}
+
+static __always_inline struct bpf_sock *sk_lookup(struct __sk_buff *skb, struct pkt *p)
+{
+	if (p->v4)
+		return bpf_sk_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	return bpf_sk_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+}
+
+/* listener finds the listener for a SYN to steer: a per-port transparent
+ * listener on the packet's own destination port (joins need one, as the
+ * kernel only accepts a join on the connection's local port), else the
+ * converter's port. The daddr stays the original one: wildcard listeners
+ * match any address. */
+static __always_inline struct bpf_sock *listener(struct __sk_buff *skb, struct pkt *p)
+{
+	struct bpf_sock *sk = sk_lookup(skb, p);
+
+	if (sk) {
+		if (sk->state == BPF_TCP_LISTEN)
+			return sk;
+		bpf_sk_release(sk);
+	}
+	if (p->v4)
+		p->tuple.ipv4.dport = bpf_htons(converter_port);
+	else
+		p->tuple.ipv6.dport = bpf_htons(converter_port);
+	sk = sk_lookup(skb, p);
+	if (sk && sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return NULL;
+	}
+	return sk;
+}
+
+static __always_inline int steer_syn(struct __sk_buff *skb, struct pkt *p, int join)
+{
+	struct bpf_sock *sk = listener(skb, p);
+	long err;
+
+	if (!sk) {
+		count(STEER_LOOKUP_FAILED);
+		return TC_ACT_OK;
+	}
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		count(STEER_ASSIGN_FAILED);
+		return TC_ACT_OK;
+	}
+	skb->mark = mark;
+	count(STEER_STEERED);
+	if (join)
+		count(STEER_JOINS_STEERED);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int steer(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	__u32 token = 0;
+
+	if (parse_tcp(skb, &p))
+		goto pass;
+	if (local_flow(skb, &p)) {
+		skb->mark = mark;
+		count(STEER_EST_MARKED);
+		return TC_ACT_OK;
+	}
+	if ((p.flags & (TCPF_SYN | TCPF_ACK | TCPF_RST | TCPF_FIN)) != TCPF_SYN)
+		goto pass;
+	if (is_convert(skb, &p))
+		return steer_syn(skb, &p, 0);
+	if (join_token(skb, &p, &token) && bpf_map_lookup_elem(&tokens, &token))
+		return steer_syn(skb, &p, 1);
+pass:
+	count(STEER_PASSED);
+	return TC_ACT_OK;
+}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/convert-tc/converter/control"
+)
+
+func bpfCommand(io stdio) *cli.Command {
+	return &cli.Command{
+		Name:  "bpf",
+		Usage: "the eBPF programs of the running converter",
+		Subcommands: []*cli.Command{{
+			Name:  "status",
+			Usage: "attached interfaces, program ids, map sizes and the decision counters",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "control socket of the daemon"},
+				&cli.BoolFlag{Name: "json", Usage: `print {"counters":{"steered":N,...},...}`},
+			},
+			Action: func(c *cli.Context) error {
+				ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+				defer cancel()
+				stats, err := control.FetchStats(ctx, c.String("control"))
+				if err != nil {
+					return cli.Exit(fmt.Sprintf("converter: read %s: %v", c.String("control"), err), 1)
+				}
+				raw, ok := stats["bpf"]
+				if !ok {
+					raw = json.RawMessage("{}")
+				}
+				if c.Bool("json") {
+					fmt.Fprintln(io.out, string(raw))
+					return nil
+				}
+				return printBPFStatus(io.out, raw)
+			},
+		}},
+	}
+}
+
+type bpfStatusView struct {
+	Counters       map[string]uint64 `json:"counters"`
+	SynAckCounters map[string]uint64 `json:"synack_counters"`
+	Steering       *programView      `json:"steering"`
+	SynAckCapture  *programView      `json:"synack_capture"`
+}
+
+type programView struct {
+	ProgramID uint32
+	Links     []struct {
+		Interface string
+		Ifindex   int
+		LinkID    uint32
+	}
+	Maps []struct {
+		Name       string
+		Entries    int
+		MaxEntries uint32
+	}
+}
+
+func printBPFStatus(out io.Writer, raw json.RawMessage) error {
+	var v bpfStatusView
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return cli.Exit(fmt.Sprintf("converter: bpf status: %v", err), 1)
+	}
+	if v.Steering == nil && v.SynAckCapture == nil {
+		fmt.Fprintln(out, "no eBPF program loaded (run the converter with --transparent or --server-iface)")
+		return nil
+	}
+	for _, p := range []struct {
+		name     string
+		prog     *programView
+		counters map[string]uint64
+	}{{"steering", v.Steering, v.Counters}, {"synack capture", v.SynAckCapture, v.SynAckCounters}} {
+		if p.prog == nil {
+			continue
+		}
+		fmt.Fprintf(out, "%s: program %d\n", p.name, p.prog.ProgramID)
+		for _, l := range p.prog.Links {
+			fmt.Fprintf(out, "  tcx ingress %s (ifindex %d) link %d\n", l.Interface, l.Ifindex, l.LinkID)
+		}
+		for _, m := range p.prog.Maps {
+			fmt.Fprintf(out, "  map %s: %d of %d entries\n", m.Name, m.Entries, m.MaxEntries)
+		}
+		names := make([]string, 0, len(p.counters))
+		for n := range p.counters {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(out, "  %-14s %d\n", n, p.counters[n])
+		}
+	}
+	return nil
+}

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/convert-tc/converter/bpf"
+	"github.com/convert-tc/converter/engine"
+	"github.com/convert-tc/converter/internal/mptcppm"
+	"github.com/convert-tc/converter/internal/tproxy"
+)
+
+// Defaults of transparent mode: the mark the steering program sets and the
+// routing table that delivers marked packets locally.
+const (
+	defaultMark       = 0x2263
+	defaultRouteTable = 2263
+	// announceIDBase numbers the endpoints the daemon announces, away from
+	// the ids an operator is likely to use by hand.
+	announceIDBase = 200
+)
+
+func transparentFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "transparent", Usage: "steer Convert SYNs addressed to the real servers to this converter with eBPF (needs --client-iface)"},
+		&cli.StringSliceFlag{Name: "client-iface", Usage: "client-facing interface `IF` for the steering program (repeatable)"},
+		&cli.StringSliceFlag{Name: "server-iface", Usage: "server-facing interface `IF` whose SYN+ACKs are captured for an exact Extended TCP Header (repeatable; any mode)"},
+		&cli.StringSliceFlag{Name: "announce", Usage: "announce `ADDR[:PORT]` to MPTCP clients (ADD_ADDR) through the kernel path manager, so their extra subflows join it (repeatable)"},
+		&cli.UintFlag{Name: "mark", Value: defaultMark, Usage: "fwmark of steered packets (transparent mode)"},
+		&cli.IntFlag{Name: "route-table", Value: defaultRouteTable, Usage: "routing table of the local route for marked packets (transparent mode)"},
+	}
+}
+
+// dataplane is what the daemon attached to the kernel; close undoes all of
+// it, in reverse order.
+type dataplane struct {
+	steering *bpf.Steering
+	synacks  *bpf.SynAckCapture
+	routing  *tproxy.Routing
+	pm       *mptcppm.Client
+	announce []mptcppm.Endpoint
+}
+
+// setupDataplane loads and attaches the BPF programs, installs the policy
+// routing and announces addresses, as the flags ask; cfg learns where the
+// engine finds tokens and SYN+ACK options.
+func setupDataplane(c *cli.Context, cfg *engine.Config, log *slog.Logger) (*dataplane, error) {
+	dp := &dataplane{}
+	ok := false
+	defer func() {
+		if !ok {
+			dp.close(log)
+		}
+	}()
+	if c.Bool("transparent") {
+		if err := dp.steer(c, cfg); err != nil {
+			return nil, err
+		}
+	}
+	if ifaces := c.StringSlice("server-iface"); len(ifaces) > 0 {
+		if err := dp.captureSynAcks(ifaces, cfg); err != nil {
+			return nil, err
+		}
+	}
+	if addrs := c.StringSlice("announce"); len(addrs) > 0 {
+		if err := dp.announceAddrs(addrs); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return dp, nil
+}
+
+func (dp *dataplane) steer(c *cli.Context, cfg *engine.Config) error {
+	ifaces := c.StringSlice("client-iface")
+	if len(ifaces) == 0 {
+		return usageError("--transparent needs at least one --client-iface")
+	}
+	if err := bpf.Supported(); err != nil {
+		return fmt.Errorf("transparent mode: %w", err)
+	}
+	mark := uint32(c.Uint("mark"))
+	s, err := bpf.LoadSteering(bpf.SteeringConfig{Mark: mark, Port: listenPort(cfg.Listen)})
+	if err != nil {
+		return fmt.Errorf("load steering program: %w", err)
+	}
+	dp.steering = s
+	for _, name := range ifaces {
+		idx, err := ifindex(name)
+		if err != nil {
+			return err
+		}
+		if err := s.Attach(idx); err != nil {
+			return fmt.Errorf("attach steering to %s: %w", name, err)
+		}
+	}
+	if dp.routing, err = tproxy.Install(mark, c.Int("route-table")); err != nil {
+		return fmt.Errorf("policy routing: %w", err)
+	}
+	cfg.Transparent = true
+	cfg.Tokens = s
+	return nil
+}
+
+func (dp *dataplane) captureSynAcks(ifaces []string, cfg *engine.Config) error {
+	if err := bpf.Supported(); err != nil {
+		return fmt.Errorf("SYN+ACK capture: %w", err)
+	}
+	capt, err := bpf.LoadSynAckCapture()
+	if err != nil {
+		return fmt.Errorf("load SYN+ACK capture: %w", err)
+	}
+	dp.synacks = capt
+	for _, name := range ifaces {
+		idx, err := ifindex(name)
+		if err != nil {
+			return err
+		}
+		if err := capt.Attach(idx); err != nil {
+			return fmt.Errorf("attach SYN+ACK capture to %s: %w", name, err)
+		}
+	}
+	cfg.SynAcks = capt
+	return nil
+}
+
+func (dp *dataplane) announceAddrs(addrs []string) error {
+	pm, err := mptcppm.Open()
+	if err != nil {
+		return err
+	}
+	dp.pm = pm
+	for i, s := range addrs {
+		ap, err := parseAnnounce(s)
+		if err != nil {
+			return usageError("--announce %q: %v", s, err)
+		}
+		e := mptcppm.Endpoint{ID: uint8(announceIDBase + i), Addr: ap, Flags: mptcppm.FlagSignal}
+		if err := pm.Add(e); err != nil {
+			return err
+		}
+		dp.announce = append(dp.announce, e)
+	}
+	return nil
+}
+
+// close undoes everything; the tcx links would go with the process anyway,
+// the routing and the endpoints would not.
+func (dp *dataplane) close(log *slog.Logger) {
+	for _, e := range dp.announce {
+		if err := dp.pm.Delete(e); err != nil {
+			log.Warn("remove announced endpoint", "error", err.Error())
+		}
+	}
+	if dp.pm != nil {
+		dp.pm.Close()
+	}
+	if dp.routing != nil {
+		if err := dp.routing.Remove(); err != nil {
+			log.Warn("remove policy routing", "error", err.Error())
+		}
+	}
+	if dp.synacks != nil {
+		dp.synacks.Close()
+	}
+	if dp.steering != nil {
+		dp.steering.Close()
+	}
+}
+
+// status is what `converter bpf status` shows, served on the control socket.
+func (dp *dataplane) status() any {
+	out := map[string]any{}
+	if dp.steering != nil {
+		counters, _ := dp.steering.Counters()
+		st, _ := dp.steering.Status()
+		out["counters"] = counters
+		out["steering"] = st
+	}
+	if dp.synacks != nil {
+		counters, _ := dp.synacks.Counters()
+		st, _ := dp.synacks.Status()
+		out["synack_counters"] = counters
+		out["synack_capture"] = st
+	}
+	return out
+}
+
+func ifindex(name string) (int, error) {
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("interface %s: %w", name, err)
+	}
+	return ifc.Index, nil
+}
+
+// listenPort is the port of the first listen address: the steering
+// program's fallback listener.
+func listenPort(listen []string) uint16 {
+	for _, l := range listen {
+		if _, p, err := net.SplitHostPort(l); err == nil {
+			if n, err := strconv.ParseUint(p, 10, 16); err == nil {
+				return uint16(n)
+			}
+		}
+	}
+	return 5124
+}
+
+// parseAnnounce accepts ADDR or ADDR:PORT ([v6]:PORT). Without a port the
+// address is announced alone and joins use the connection's own port.
+func parseAnnounce(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, errors.New("want ADDR or ADDR:PORT")
+	}
+	return netip.AddrPortFrom(a, 0), nil
+}
