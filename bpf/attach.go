@@ -3,12 +3,12 @@ package bpf
 import (
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,15 +49,21 @@ func (t *tcxLinks) attach(ifindex int) error {
 	if t.find(ns, ifindex) >= 0 {
 		return fmt.Errorf("attach tcx ingress on ifindex %d: already attached", ifindex)
 	}
-	ifi, err := net.InterfaceByIndex(ifindex)
+	nl, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
 		return fmt.Errorf("attach tcx ingress on ifindex %d: %w", ifindex, err)
 	}
+	name := nl.Attrs().Name
+	// The programs parse Ethernet frames; on an L3 device (tun,
+	// WireGuard) they would silently let everything pass.
+	if enc := nl.Attrs().EncapType; enc != "ether" {
+		return fmt.Errorf("attach tcx ingress on ifindex %d (%s): link type %q, only Ethernet is supported", ifindex, name, enc)
+	}
 	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: t.prog, Attach: ebpf.AttachTCXIngress})
 	if err != nil {
-		return fmt.Errorf("attach tcx ingress on ifindex %d (%s): %w", ifindex, ifi.Name, err)
+		return fmt.Errorf("attach tcx ingress on ifindex %d (%s): %w", ifindex, name, err)
 	}
-	t.links = append(t.links, tcxLink{name: ifi.Name, ifindex: ifindex, netns: ns, l: l})
+	t.links = append(t.links, tcxLink{name: name, ifindex: ifindex, netns: ns, l: l})
 	return nil
 }
 

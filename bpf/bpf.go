@@ -41,7 +41,7 @@ type Status struct {
 // Attachment is one tcx ingress link.
 type Attachment struct {
 	Interface string // name when attached
-	Ifindex   int
+	Ifindex   int    // 0 once the interface is gone (the kernel detached the link)
 	Netns     uint64 // inode of the network namespace it was attached in
 	LinkID    uint32
 	ProgramID uint32 // as the kernel reports it for the link

@@ -14,8 +14,16 @@ type SteeringConfig struct {
 	// terminated flow; an `ip rule fwmark Mark` must route it to a
 	// `local` route. Must not be 0.
 	Mark uint32
-	// Port is the converter's transparent listener port, used when no
-	// listener exists on the SYN's own destination port. Must not be 0.
+	// Port is the converter's transparent listener port. A SYN to steer
+	// goes first to a listener on its own destination port, if the
+	// namespace has one (joins need that: the kernel accepts a join only
+	// on its connection's local port), else to Port. Must not be 0.
+	//
+	// Every listener on a port that Convert SYNs may be addressed to must
+	// therefore be the converter's IP_TRANSPARENT one: a SYN assigned to
+	// an ordinary listener (sshd on :22, say) is dropped by the kernel
+	// (TcpExtListenDrops), and the client's retransmission then reaches
+	// the real server with the Convert message as plain data.
 	Port uint16
 	// MaxTokens bounds the MP_JOIN token map; 0 keeps the default, 65536.
 	MaxTokens uint32
@@ -23,7 +31,6 @@ type SteeringConfig struct {
 
 // Steering is the loaded steer program.
 type Steering struct {
-	cfg   SteeringConfig
 	objs  steerObjects
 	links tcxLinks
 	once  sync.Once
@@ -64,7 +71,7 @@ func LoadSteering(cfg SteeringConfig) (*Steering, error) {
 	if err := spec.Variables[steerVarConverterPort].Set(cfg.Port); err != nil {
 		return nil, fmt.Errorf("load steer program: set converter port: %w", err)
 	}
-	s := &Steering{cfg: cfg}
+	s := &Steering{}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		return nil, fmt.Errorf("load steer program: %w", err)
 	}
@@ -120,9 +127,6 @@ func (s *Steering) Status() (Status, error) {
 	st.Maps = append(st.Maps, tokens)
 	return st, err
 }
-
-// Config returns the configuration the program was loaded with.
-func (s *Steering) Config() SteeringConfig { return s.cfg }
 
 // Close detaches every link and unloads the program and its maps.
 func (s *Steering) Close() error {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -70,7 +71,7 @@ func checkPrivileges() error {
 		missing = append(missing, "CAP_BPF (or CAP_SYS_ADMIN)")
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("not privileged for BPF (euid %d): missing %v; run as root", unix.Geteuid(), missing)
+		return fmt.Errorf("not privileged for BPF (euid %d): missing %s; run as root", unix.Geteuid(), strings.Join(missing, ", "))
 	}
 	return nil
 }

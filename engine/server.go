@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,7 +32,9 @@ type Server struct {
 	handshakeBufs sync.Pool
 
 	mu        sync.Mutex
+	serveCtx  context.Context // set by Serve, for listeners opened later
 	listeners []*net.TCPListener
+	ports     map[uint16]bool // ports listened on, transparent per-port listeners included
 	sessions  map[*session]struct{}
 	wg        sync.WaitGroup
 }
@@ -59,11 +62,49 @@ func (s *Server) Listen(ctx context.Context) error {
 			s.closeListeners()
 			return err
 		}
-		s.mu.Lock()
-		s.listeners = append(s.listeners, l)
-		s.mu.Unlock()
+		s.addListener(l)
 	}
 	return nil
+}
+
+func (s *Server) addListener(l *net.TCPListener) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.listeners = append(s.listeners, l)
+	if s.ports == nil {
+		s.ports = make(map[uint16]bool)
+	}
+	s.ports[unmapAddrPort(l.Addr()).Port()] = true
+}
+
+// listenOnPort opens, once, a transparent listener on the port a steered
+// connection was addressed to. The kernel accepts an MP_JOIN only on a
+// listener whose port is the connection's local port (or an announced
+// one), so the client's extra subflows toward the original destination
+// need it; the steering program finds it by the packet's own port.
+func (s *Server) listenOnPort(port uint16) {
+	s.mu.Lock()
+	ctx := s.serveCtx
+	if s.ports[port] || ctx == nil || ctx.Err() != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.ports[port] = true // also when opening fails: do not retry per session
+	s.mu.Unlock()
+	l, err := listen(ctx, net.JoinHostPort("::", strconv.Itoa(int(port))), true)
+	if err != nil {
+		s.log.Warn("no transparent listener for joins", "port", port, "error", err.Error())
+		return
+	}
+	s.mu.Lock()
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	s.log.Info("listening", "address", l.Addr().String(), "for", "joins to the original destination port")
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.acceptLoop(ctx, l)
+	}()
 }
 
 // Addrs returns the addresses the Server listens on.
@@ -82,6 +123,7 @@ func (s *Server) Addrs() []net.Addr {
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	ls := append([]*net.TCPListener(nil), s.listeners...)
+	s.serveCtx = ctx
 	s.mu.Unlock()
 	if len(ls) == 0 {
 		return errors.New("serve: no listener (call Listen first)")
@@ -394,6 +436,9 @@ func (s *Server) newSession(c *net.TCPConn) *session {
 	if s.cfg.Transparent {
 		// A steered SYN was accepted as if by the server it named.
 		sess.original = unmapAddrPort(c.LocalAddr())
+		if sess.mptcp {
+			s.listenOnPort(sess.original.Port())
+		}
 	}
 	if info, err := sockinfo.GetTCPInfo(c); err == nil {
 		sess.synData = info.SynData()

@@ -83,10 +83,11 @@ func (e *env) serverNS() string    { return e.lab.NS(lab.RoleServer) }
 
 // converterProc is a running `converter run` and its JSON log records.
 type converterProc struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs []map[string]any
-	raw  strings.Builder
+	stopOnce sync.Once
+	cmd      *exec.Cmd
+	mu       sync.Mutex
+	logs     []map[string]any
+	raw      strings.Builder
 }
 
 // startConverter runs the binary in the converter namespace and waits until
@@ -178,6 +179,10 @@ func (p *converterProc) waitRecords(t *testing.T, msg string, n int) []map[strin
 }
 
 func (p *converterProc) stop(t *testing.T) {
+	p.stopOnce.Do(func() { p.stopNow(t) })
+}
+
+func (p *converterProc) stopNow(t *testing.T) {
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- p.cmd.Wait() }()
