@@ -15,7 +15,7 @@ FUZZ_TARGETS := ./tlv:FuzzParseRequest ./tlv:FuzzParseReply ./dissect:FuzzDecode
 # Debian packages the tests and the demo use at run time.
 DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy
 
-.PHONY: all build deps test check-fmt vet unit fuzz demo bench clean
+.PHONY: all build deps test check-fmt vet check-generate generate unit fuzz demo bench clean
 
 all: build
 
@@ -34,7 +34,22 @@ deps:
 	fi
 	$(GO) mod download
 
-test: deps check-fmt vet unit fuzz
+test: deps check-fmt vet check-generate unit fuzz
+
+# generate rebuilds the BPF objects with bpf2go (clang-19, llvm-strip-19,
+# libbpf-dev); the output is committed so that go build needs no clang.
+generate:
+	@command -v $(CLANG) >/dev/null 2>&1 || { echo "installing clang-19 llvm-19 libbpf-dev"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-19 llvm-19 libbpf-dev >/dev/null; }
+	$(GO) generate ./bpf/
+
+# check-generate: on a machine with clang-19 the committed BPF objects must
+# be exactly what the sources build; elsewhere the committed ones are used.
+check-generate:
+	@if command -v $(CLANG) >/dev/null 2>&1 && command -v $(STRIP) >/dev/null 2>&1 && [ -f /usr/include/bpf/bpf_helpers.h ]; then \
+		$(GO) generate ./bpf/ && git diff --exit-code --stat -- bpf/ \
+		|| { echo "bpf/: generated files differ from the sources: run make generate and commit"; exit 1; }; \
+	else echo "check-generate: $(CLANG) not installed, building from the committed BPF objects"; fi
 
 check-fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
