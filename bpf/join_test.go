@@ -15,6 +15,8 @@ import (
 // MP_JOIN SYN, sent to the original destination on its second path, is
 // steered to the per-port transparent listener only when the token was
 // added with AddToken, and the converter's connection gains the subflow.
+// The per-port listener is registered with AddListenerPort, as the engine
+// does; without that, no SYN to its port would reach it.
 // The control run stores the token unconverted (host order) and the join
 // must leak past the converter instead.
 func TestSteeringJoin(t *testing.T) {
@@ -31,6 +33,10 @@ func TestSteeringJoin(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// Joins are only accepted on the connection's own local port.
 			ln := e.transparentListener(t, tc.network, convertPort)
+			if err := e.s.AddListenerPort(convertPort); err != nil {
+				t.Fatal(err)
+			}
+			defer e.s.RemoveListenerPort(convertPort)
 			dst := netip.AddrPortFrom(tc.server, convertPort)
 
 			wrongOrder := func(token uint32) error { return e.s.objs.Tokens.Put(token, uint8(1)) }

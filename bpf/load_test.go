@@ -60,7 +60,8 @@ func TestLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Status: %v", err)
 	}
-	if st.ProgramID == 0 || len(st.Links) != 0 || len(st.Maps) != 1 || st.Maps[0].MaxEntries != 128 || st.Maps[0].Entries != 0 {
+	if st.ProgramID == 0 || len(st.Links) != 0 || len(st.Maps) != 2 || st.Maps[0].MaxEntries != 128 || st.Maps[0].Entries != 0 ||
+		st.Maps[1].Name != "listener_ports" || st.Maps[1].MaxEntries != 65536 || st.Maps[1].Entries != 0 {
 		t.Errorf("fresh steering status = %+v", st)
 	}
 	for _, tok := range []uint32{1, 0xdeadbeef, 0x11223344} {
@@ -76,6 +77,27 @@ func TestLoad(t *testing.T) {
 	}
 	if st, _ := s.Status(); st.Maps[0].Entries != 2 {
 		t.Errorf("tokens after 3 adds and 1 remove: %+v", st.Maps)
+	}
+	for _, port := range []uint16{80, 443, 80, 65535} {
+		if err := s.AddListenerPort(port); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddListenerPort(0); err == nil {
+		t.Error("AddListenerPort(0) succeeded, want an error")
+	}
+	if err := s.RemoveListenerPort(443); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveListenerPort(443); err != nil {
+		t.Errorf("removing an absent listener port: %v", err)
+	}
+	var v uint8
+	if err := s.objs.ListenerPorts.Lookup(uint16(80), &v); err != nil || v != 1 {
+		t.Errorf("listener_ports[80] = %d, %v; want 1", v, err)
+	}
+	if st, _ := s.Status(); st.Maps[1].Entries != 2 {
+		t.Errorf("listener ports after adding 80, 443, 80, 65535 and removing 443: %+v", st.Maps)
 	}
 	counters, err := s.Counters()
 	if err != nil || len(counters) != 6 {

@@ -42,6 +42,20 @@ struct {
 	__type(value, __u8);
 } tokens SEC(".maps");
 
+/* Ports (host order) on which the converter has its own transparent
+ * listener, registered from Go. Only these are tried for a listener on the
+ * SYN's own destination port: any other listener there (sshd on :22, say)
+ * is not the converter's, and a SYN assigned to it would be dropped. One
+ * slot per possible port, so adding never fails for lack of room; not
+ * preallocated, so memory follows use. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u16);
+	__type(value, __u8);
+} listener_ports SEC(".maps");
+
 static __always_inline void count(enum steer_counter c)
 {
 	__u32 key = c;
@@ -180,19 +194,24 @@ static __always_inline struct bpf_sock *sk_lookup(struct __sk_buff *skb, struct 
 	return bpf_sk_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
 }
 
-/* listener finds the listener for a SYN to steer: a per-port transparent
- * listener on the packet's own destination port (joins need one, as the
- * kernel only accepts a join on the connection's local port), else the
+/* listener finds the listener for a SYN to steer: the converter's
+ * per-port transparent listener on the packet's own destination port, if
+ * that port is registered in listener_ports (joins need one, as the kernel
+ * only accepts a join on the connection's local port), else the
  * converter's port. The daddr stays the original one: wildcard listeners
  * match any address. */
 static __always_inline struct bpf_sock *listener(struct __sk_buff *skb, struct pkt *p)
 {
-	struct bpf_sock *sk = sk_lookup(skb, p);
+	__u16 dport = bpf_ntohs(p->v4 ? p->tuple.ipv4.dport : p->tuple.ipv6.dport);
+	struct bpf_sock *sk;
 
-	if (sk) {
-		if (sk->state == BPF_TCP_LISTEN)
-			return sk;
-		bpf_sk_release(sk);
+	if (dport != converter_port && bpf_map_lookup_elem(&listener_ports, &dport)) {
+		sk = sk_lookup(skb, p);
+		if (sk) {
+			if (sk->state == BPF_TCP_LISTEN)
+				return sk;
+			bpf_sk_release(sk);
+		}
 	}
 	if (p->v4)
 		p->tuple.ipv4.dport = bpf_htons(converter_port);

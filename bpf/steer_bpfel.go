@@ -28,6 +28,7 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	steerMapListenerPorts = "listener_ports"
 	steerMapSteerCounters = "steer_counters"
 	steerMapTokens        = "tokens"
 	steerProgSteer        = "steer"
@@ -84,6 +85,7 @@ type steerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type steerMapSpecs struct {
+	ListenerPorts *ebpf.MapSpec `ebpf:"listener_ports"`
 	SteerCounters *ebpf.MapSpec `ebpf:"steer_counters"`
 	Tokens        *ebpf.MapSpec `ebpf:"tokens"`
 }
@@ -116,12 +118,14 @@ func (o *steerObjects) Close() error {
 //
 // It can be passed to loadSteerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type steerMaps struct {
+	ListenerPorts *ebpf.Map `ebpf:"listener_ports"`
 	SteerCounters *ebpf.Map `ebpf:"steer_counters"`
 	Tokens        *ebpf.Map `ebpf:"tokens"`
 }
 
 func (m *steerMaps) Close() error {
 	return _SteerClose(
+		m.ListenerPorts,
 		m.SteerCounters,
 		m.Tokens,
 	)

@@ -23,6 +23,7 @@ const (
 	testTable    = "100"
 	convertPort  = 80   // the Convert SYNs' original destination port
 	plainPort    = 8080 // a real server port, never steered
+	sshPort      = 22   // a port with an ordinary listener on the converter
 	dialDeadline = 5 * time.Second
 )
 
@@ -208,6 +209,69 @@ func TestSteering(t *testing.T) {
 		})
 	}
 	checkCloseDetaches(t, e)
+}
+
+// TestSteeringSkipsOrdinaryListeners sends a Convert SYN to a server port
+// on which the converter host has an ordinary, non-transparent listener of
+// its own (sshd on :22). That listener is not the converter's: the SYN must
+// go to the converter's listener on the configured Port, both with no port
+// registered and with another one registered, and neither the ordinary
+// listener nor the real server may see the connection.
+func TestSteeringSkipsOrdinaryListeners(t *testing.T) {
+	e := newSteerEnv(t)
+	ad := e.lab.Addr
+	// Dual-stack listeners: the converter's own "sshd", and the real one.
+	sshd := listen(t, e.lab.Converter, "tcp", ":"+strconv.Itoa(sshPort), false)
+	server := listen(t, e.lab.Server, "tcp", ":"+strconv.Itoa(sshPort), false)
+
+	for _, tc := range []struct {
+		name         string
+		network      string
+		server, peer netip.Addr
+	}{
+		{"ipv4", "tcp4", ad.ServerV4, ad.ClientPath1V4},
+		{"ipv6", "tcp6", ad.ServerV6, ad.ClientPath1V6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln := e.transparentListener(t, tc.network, testPort)
+			dst := netip.AddrPortFrom(tc.server, sshPort)
+			for _, registered := range []uint16{0, convertPort} {
+				if registered != 0 {
+					if err := e.s.AddListenerPort(registered); err != nil {
+						t.Fatal(err)
+					}
+				}
+				msg := convertMessage(dst, "ssh")
+				before := e.counters(t)
+				c := e.dialClient(t, dst, msg)
+				conv := acceptWithin(t, ln, dialDeadline)
+				if conv == nil {
+					t.Fatalf("port %d registered: the converter's :%d listener accepted nothing; counters %v", registered, testPort, delta(e.counters(t), before))
+				}
+				if got := conv.LocalAddr().(*net.TCPAddr).AddrPort(); got.Addr().Unmap() != tc.server || got.Port() != sshPort {
+					t.Errorf("getsockname = %s, want the original destination %s", got, dst)
+				}
+				if got := readN(t, conv, len(msg)); !bytes.Equal(got, msg) {
+					t.Errorf("converter read % x, want % x", got, msg)
+				}
+				d := delta(e.counters(t), before)
+				if d["steered"] != 1 || d["lookup_failed"]+d["assign_failed"] != 0 {
+					t.Errorf("port %d registered: counters %v, want steered 1, no failures", registered, d)
+				}
+				if s := acceptWithin(t, sshd, 10*time.Millisecond); s != nil {
+					t.Errorf("the converter's ordinary :%d listener got a Convert connection from %s", sshPort, s.RemoteAddr())
+				}
+				if s := acceptWithin(t, server, 10*time.Millisecond); s != nil {
+					t.Errorf("the server got a Convert connection from %s", s.RemoteAddr())
+				}
+				c.Close()
+				conv.Close()
+				if err := e.s.RemoveListenerPort(registered); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
 }
 
 // checkCloseDetaches wants the links visible before Close and gone after.

@@ -15,15 +15,16 @@ type SteeringConfig struct {
 	// `local` route. Must not be 0.
 	Mark uint32
 	// Port is the converter's transparent listener port. A SYN to steer
-	// goes first to a listener on its own destination port, if the
-	// namespace has one (joins need that: the kernel accepts a join only
-	// on its connection's local port), else to Port. Must not be 0.
+	// goes to the listener on its own destination port if that port was
+	// registered with AddListenerPort and the namespace has a listener
+	// there (joins need that: the kernel accepts a join only on its
+	// connection's local port), else to Port. Must not be 0.
 	//
-	// Every listener on a port that Convert SYNs may be addressed to must
-	// therefore be the converter's IP_TRANSPARENT one: a SYN assigned to
-	// an ordinary listener (sshd on :22, say) is dropped by the kernel
-	// (TcpExtListenDrops), and the client's retransmission then reaches
-	// the real server with the Convert message as plain data.
+	// Listeners on unregistered ports are never used: a SYN assigned to an
+	// ordinary, non-transparent listener (sshd on :22, say) would be
+	// dropped by the kernel (TcpExtListenDrops), and the client's
+	// retransmission would then reach the real server with the Convert
+	// message as plain data.
 	Port uint16
 	// MaxTokens bounds the MP_JOIN token map; 0 keeps the default, 65536.
 	MaxTokens uint32
@@ -83,7 +84,10 @@ func checkSteerSpec(spec *ebpf.CollectionSpec) error {
 	if err := checkCounters(spec, steerMapSteerCounters, steerCounterNames); err != nil {
 		return err
 	}
-	return checkMap(spec, steerMapTokens, uint32(0), uint8(0))
+	if err := checkMap(spec, steerMapTokens, uint32(0), uint8(0)); err != nil {
+		return err
+	}
+	return checkMap(spec, steerMapListenerPorts, uint16(0), uint8(0))
 }
 
 // Attach attaches the program at tcx ingress of the interface with this
@@ -113,6 +117,31 @@ func (s *Steering) RemoveToken(token uint32) error {
 	return nil
 }
 
+// AddListenerPort registers a port (host order) on which the converter
+// listens with its own IP_TRANSPARENT MPTCP listener: Convert and MP_JOIN
+// SYNs addressed to this port are then assigned to the listener on it,
+// when there is one, instead of to the configured Port. Call it once the
+// listener is open; registering a port twice is not an error.
+func (s *Steering) AddListenerPort(port uint16) error {
+	if port == 0 {
+		return errors.New("add listener port: port must not be 0")
+	}
+	if err := s.objs.ListenerPorts.Update(port, uint8(1), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("add listener port %d: %w", port, err)
+	}
+	return nil
+}
+
+// RemoveListenerPort unregisters a port, typically before its listener
+// closes; a port that is not registered is not an error.
+func (s *Steering) RemoveListenerPort(port uint16) error {
+	err := s.objs.ListenerPorts.Delete(port)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("remove listener port %d: %w", port, err)
+	}
+	return nil
+}
+
 // Counters returns the program's counters summed over all CPUs: steered,
 // joins_steered (included in steered), passed, est_marked, lookup_failed
 // and assign_failed.
@@ -120,12 +149,14 @@ func (s *Steering) Counters() (map[string]uint64, error) {
 	return sumCounters(s.objs.SteerCounters, steerCounterNames)
 }
 
-// Status lists the program, its links and the token map's fill level.
+// Status lists the program, its links and the fill levels of its token
+// map and its listener port map, in that order.
 func (s *Steering) Status() (Status, error) {
 	st := Status{ProgramID: programID(s.objs.Steer), Links: s.links.status()}
 	tokens, err := mapStatus(steerMapTokens, s.objs.Tokens)
-	st.Maps = append(st.Maps, tokens)
-	return st, err
+	ports, perr := mapStatus(steerMapListenerPorts, s.objs.ListenerPorts)
+	st.Maps = append(st.Maps, tokens, ports)
+	return st, errors.Join(err, perr)
 }
 
 // Close detaches every link and unloads the program and its maps.

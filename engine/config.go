@@ -63,10 +63,11 @@ type Config struct {
 	// then record the original destination beside the Connect one.
 	Transparent bool
 
-	// Tokens, when set, learns the MPTCP token of every accepted client
-	// connection for as long as the session lives, so that MP_JOIN SYNs
-	// for it can be steered to the converter (transparent mode).
-	Tokens TokenSteering
+	// Joins, when set, learns the MPTCP token of every accepted client
+	// connection for as long as the session lives, and the ports of the
+	// per-port listeners, so that MP_JOIN SYNs toward the original
+	// destination are steered to the converter (transparent mode).
+	Joins JoinSteering
 	// SynAcks, when set, holds the exact TCP options of server-leg
 	// SYN+ACKs; the Extended TCP Header then copies them instead of
 	// rebuilding them from TCP_INFO.
@@ -122,10 +123,11 @@ func (c Config) validate() error {
 	return nil
 }
 
-// TokenSteering is the steering program's token map.
-type TokenSteering interface {
+// JoinSteering is the steering program's token and listener-port maps.
+type JoinSteering interface {
 	AddToken(token uint32) error
 	RemoveToken(token uint32) error
+	AddListenerPort(port uint16) error
 }
 
 // SynAckSource gives the TCP options of the SYN+ACK that remote sent to

@@ -99,6 +99,13 @@ func (s *Server) listenOnPort(port uint16) {
 	s.mu.Lock()
 	s.listeners = append(s.listeners, l)
 	s.mu.Unlock()
+	if s.cfg.Joins != nil {
+		// Only registered ports are tried by the steering program, so an
+		// ordinary listener on the host never takes a Convert SYN.
+		if err := s.cfg.Joins.AddListenerPort(port); err != nil {
+			s.log.Warn("listener port not steerable", "port", port, "error", err.Error())
+		}
+	}
 	s.log.Info("listening", "address", l.Addr().String(), "for", "joins to the original destination port")
 	s.wg.Add(1)
 	go func() {
@@ -471,18 +478,18 @@ func (s *Server) register(sess *session) {
 // at once (the client's MP_JOIN may follow within an RTT) and returns the
 // function that takes it out.
 func (s *Server) steerJoins(sess *session) func() {
-	if s.cfg.Tokens == nil || sess.entry == nil {
+	if s.cfg.Joins == nil || sess.entry == nil {
 		return nil
 	}
 	token, ok := sess.entry.Token()
 	if !ok {
 		return nil
 	}
-	if err := s.cfg.Tokens.AddToken(token); err != nil {
+	if err := s.cfg.Joins.AddToken(token); err != nil {
 		sess.log.Warn("token not steerable", "error", err.Error())
 		return nil
 	}
-	return func() { s.cfg.Tokens.RemoveToken(token) }
+	return func() { s.cfg.Joins.RemoveToken(token) }
 }
 
 // Table returns the table of sessions in progress.

@@ -104,7 +104,7 @@ func (dp *dataplane) steer(c *cli.Context, cfg *engine.Config) error {
 		return fmt.Errorf("policy routing: %w", err)
 	}
 	cfg.Transparent = true
-	cfg.Tokens = s
+	cfg.Joins = s
 	return nil
 }
 
