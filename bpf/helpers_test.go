@@ -1,23 +1,16 @@
 package bpf
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/google/gopacket"
-	"github.com/google/gopacket/layers"
-	"github.com/google/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
 
 	"github.com/convert-tc/converter/internal/labtest"
@@ -147,91 +140,12 @@ func delta(after, before map[string]uint64) map[string]uint64 {
 	return d
 }
 
-// capture is tcpdump running on one interface of a namespace.
-type capture struct {
-	cmd  *exec.Cmd
-	path string
-}
-
 // startCapture starts tcpdump, or returns nil when it is not installed.
-func startCapture(t *testing.T, l *lab.Lab, ns, iface, filter string) *capture {
+func startCapture(t *testing.T, l *lab.Lab, ns, iface, filter string) *labtest.Capture {
 	t.Helper()
-	if _, err := exec.LookPath("tcpdump"); err != nil {
+	c := labtest.StartCapture(t, l, ns, iface, filter)
+	if c == nil {
 		t.Logf("tcpdump not installed: not comparing with a capture")
-		return nil
 	}
-	path := filepath.Join(t.TempDir(), iface+".pcap")
-	cmd := l.Command(context.Background(), ns, "tcpdump", "-Z", "root", "--immediate-mode", "-U", "-n", "-s", "0", "-i", iface, "-w", path, filter)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("tcpdump: %v", err)
-	}
-	c := &capture{cmd: cmd, path: path}
-	t.Cleanup(c.stop)
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "listening on") {
-				close(ready)
-				io.Copy(io.Discard, stderr)
-				return
-			}
-		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("tcpdump on %s did not start", iface)
-	}
-	// The filter is installed after "listening on" is printed.
-	time.Sleep(time.Second)
 	return c
-}
-
-func (c *capture) stop() {
-	if c.cmd.ProcessState != nil {
-		return
-	}
-	c.cmd.Process.Signal(syscall.SIGINT)
-	c.cmd.Wait()
-}
-
-// packets stops the capture and decodes its TCP segments with their
-// network-layer source.
-func (c *capture) packets(t *testing.T) []capturedTCP {
-	t.Helper()
-	c.stop()
-	f, err := os.Open(c.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatalf("read %s: %v", c.path, err)
-	}
-	var out []capturedTCP
-	for {
-		data, _, err := r.ReadPacketData()
-		if err != nil {
-			break
-		}
-		p := gopacket.NewPacket(data, r.LinkType(), gopacket.Default)
-		tcp, ok := p.Layer(layers.LayerTypeTCP).(*layers.TCP)
-		if !ok || p.NetworkLayer() == nil {
-			continue
-		}
-		src, _ := netip.AddrFromSlice(p.NetworkLayer().NetworkFlow().Src().Raw())
-		out = append(out, capturedTCP{src: src, tcp: tcp})
-	}
-	return out
-}
-
-type capturedTCP struct {
-	src netip.Addr
-	tcp *layers.TCP
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"github.com/convert-tc/converter/internal/labtest"
 	"net"
 	"net/netip"
 	"testing"
@@ -139,11 +140,11 @@ func checkSynAckOptions(t *testing.T, opts []byte, mss uint16) {
 
 // synAckOnWire returns the option bytes of the SYN+ACK from server to
 // localPort in the capture.
-func synAckOnWire(t *testing.T, c *capture, server netip.Addr, localPort uint16) []byte {
+func synAckOnWire(t *testing.T, c *labtest.Capture, server netip.Addr, localPort uint16) []byte {
 	t.Helper()
-	for _, p := range c.packets(t) {
-		if p.tcp.SYN && p.tcp.ACK && p.src == server && uint16(p.tcp.DstPort) == localPort {
-			return p.tcp.Contents[20:]
+	for _, p := range c.Segments(t) {
+		if p.TCP.SYN && p.TCP.ACK && p.Src == server && uint16(p.TCP.DstPort) == localPort {
+			return p.TCP.Contents[20:]
 		}
 	}
 	t.Fatalf("no SYN+ACK from %s to port %d in the capture", server, localPort)

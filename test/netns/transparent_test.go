@@ -231,9 +231,9 @@ func TestTransparentExactExtendedHeader(t *testing.T) {
 	<-seen
 	opts, _ := c.Message.ExtendedTCPHeader()
 	time.Sleep(200 * time.Millisecond)
-	capt.stop()
+	capt.Stop()
 	var synAck []byte
-	for _, p := range tcpPackets(t, capt.path) {
+	for _, p := range tcpPackets(t, capt) {
 		if p.SYN && p.ACK && p.SrcPort == layers.TCPPort(8043) {
 			synAck = p.Contents[20 : int(p.DataOffset)*4]
 		}

@@ -1,7 +1,6 @@
 package netns
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -16,86 +15,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
-	"github.com/google/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
 
 	"github.com/convert-tc/converter/client"
+	"github.com/convert-tc/converter/internal/labtest"
 	"github.com/convert-tc/converter/lab"
 	"github.com/convert-tc/converter/tlv"
 )
 
-// capture runs tcpdump on one interface of a namespace until stop is
-// called, and returns the path of the pcap file.
-type capture struct {
-	cmd  *exec.Cmd
-	path string
-}
-
-func (e *env) startCapture(ns, iface, filter string) *capture {
+func (e *env) startCapture(ns, iface, filter string) *labtest.Capture {
 	e.t.Helper()
-	path := filepath.Join(e.t.TempDir(), iface+".pcap")
-	cmd := e.lab.Command(context.Background(), ns, "tcpdump", "-Z", "root", "--immediate-mode", "-U", "-n", "-s", "0", "-i", iface, "-w", path, filter)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		e.t.Fatalf("tcpdump: %v", err)
-	}
-	c := &capture{cmd: cmd, path: path}
-	e.t.Cleanup(c.stop)
-	// tcpdump says "listening on" once its socket is bound.
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "listening on") {
-				close(ready)
-				io.Copy(io.Discard, stderr)
-				return
-			}
-		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(10 * time.Second):
-		e.t.Fatalf("tcpdump on %s did not start", iface)
-	}
-	// tcpdump announces itself before its filter is in place; packets
-	// sent in the next few hundred milliseconds can be missed.
-	time.Sleep(time.Second)
-	return c
+	return labtest.StartCapture(e.t, e.lab, ns, iface, filter)
 }
 
-func (c *capture) stop() {
-	if c.cmd.ProcessState != nil {
-		return
-	}
-	c.cmd.Process.Signal(syscall.SIGINT)
-	c.cmd.Wait()
-}
-
-// tcpPackets decodes the TCP segments of a capture.
-func tcpPackets(t *testing.T, path string) []*layers.TCP {
+// tcpPackets stops a capture and returns its TCP segments.
+func tcpPackets(t *testing.T, c *labtest.Capture) []*layers.TCP {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatalf("read %s: %v", path, err)
-	}
 	var out []*layers.TCP
-	for {
-		data, _, err := r.ReadPacketData()
-		if err != nil {
-			break
-		}
-		p := gopacket.NewPacket(data, r.LinkType(), gopacket.Default)
-		if tcp, ok := p.Layer(layers.LayerTypeTCP).(*layers.TCP); ok {
-			out = append(out, tcp)
-		}
+	for _, s := range c.Segments(t) {
+		out = append(out, s.TCP)
 	}
 	return out
 }
@@ -161,12 +100,12 @@ func TestDataInSYN(t *testing.T) {
 		c.Close()
 	}
 	time.Sleep(200 * time.Millisecond)
-	clientCap.stop()
-	serverCap.stop()
+	clientCap.Stop()
+	serverCap.Stop()
 
 	synWithData, synAckAcked, firstData := 0, 0, map[layers.TCPPort][]byte{}
 	seqs := map[layers.TCPPort]uint32{}
-	for _, p := range tcpPackets(t, clientCap.path) {
+	for _, p := range tcpPackets(t, clientCap) {
 		switch {
 		case p.SYN && !p.ACK && p.DstPort == 5124 && bytes.Equal(p.Payload, append(req, "hello"...)):
 			synWithData++
@@ -189,7 +128,7 @@ func TestDataInSYN(t *testing.T) {
 		}
 	}
 	serverSYNs := 0
-	for _, p := range tcpPackets(t, serverCap.path) {
+	for _, p := range tcpPackets(t, serverCap) {
 		if p.SYN && !p.ACK {
 			serverSYNs++
 			t.Logf("server-leg SYN %d: %d payload bytes %q", serverSYNs, len(p.Payload), p.Payload)
@@ -201,7 +140,7 @@ func TestDataInSYN(t *testing.T) {
 	if serverSYNs != 2 {
 		t.Errorf("%d server-leg SYNs, want 2", serverSYNs)
 	}
-	checkDecodeOfCapture(t, clientCap.path)
+	checkDecodeOfCapture(t, clientCap.Path)
 }
 
 // checkDecodeOfCapture runs converter decode on a real capture: per
