@@ -10,7 +10,8 @@ BIN       := bin/converter
 FUZZTIME  ?= 15s
 # Fuzz targets, as package:target.
 FUZZ_TARGETS := ./tlv:FuzzParseRequest ./tlv:FuzzParseReply ./dissect:FuzzDecode \
-	./capture:FuzzStreams ./internal/mptcpevents:FuzzDecode ./sockinfo:FuzzDecode
+	./capture:FuzzStreams ./internal/mptcpevents:FuzzDecode ./sockinfo:FuzzDecode \
+	./nat:FuzzPool
 
 # Debian packages the tests and the demo use at run time.
 DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy
