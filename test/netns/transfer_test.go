@@ -340,18 +340,7 @@ func TestResets(t *testing.T) {
 		}
 	})
 	t.Run("client-abort", func(t *testing.T) {
-		srv := make(chan error, 1)
-		go func() {
-			c, err := l.AcceptTCP()
-			if err != nil {
-				srv <- err
-				return
-			}
-			defer c.Close()
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			_, err = io.Copy(io.Discard, c)
-			srv <- err
-		}()
+		srv := serveDrain(l)
 		c, err := e.convert(client.Options{Via: e.via4(), Dest: dest, MPTCP: true}, []byte("some data"))
 		if err != nil {
 			t.Fatal(err)
@@ -365,12 +354,9 @@ func TestResets(t *testing.T) {
 	})
 }
 
-// TestIdleTimeout: a session in which nothing moves is closed after
-// --idle-timeout, both legs reset.
-func TestIdleTimeout(t *testing.T) {
-	e := newEnv(t)
-	conv := e.startConverter("--idle-timeout", "1s")
-	l := e.listen(e.serverNS(), "10.201.3.2:8005", false)
+// serveDrain accepts one connection and reads it to its end (or 10 s),
+// reporting how the read ended.
+func serveDrain(l *net.TCPListener) <-chan error {
 	srv := make(chan error, 1)
 	go func() {
 		c, err := l.AcceptTCP()
@@ -383,6 +369,16 @@ func TestIdleTimeout(t *testing.T) {
 		_, err = io.Copy(io.Discard, c)
 		srv <- err
 	}()
+	return srv
+}
+
+// TestIdleTimeout: a session in which nothing moves is closed after
+// --idle-timeout, both legs reset.
+func TestIdleTimeout(t *testing.T) {
+	e := newEnv(t)
+	conv := e.startConverter("--idle-timeout", "1s")
+	l := e.listen(e.serverNS(), "10.201.3.2:8005", false)
+	srv := serveDrain(l)
 	c, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8005"), MPTCP: true}, []byte("then silence"))
 	if err != nil {
 		t.Fatal(err)
