@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/convert-tc/converter/cookie"
+	"github.com/convert-tc/converter/nat"
 	sessions "github.com/convert-tc/converter/session"
 	"github.com/convert-tc/converter/tlv"
 )
@@ -72,6 +73,11 @@ type Config struct {
 	// SYN+ACKs; the Extended TCP Header then copies them instead of
 	// rebuilding them from TCP_INFO.
 	SynAcks SynAckSource
+
+	// NAT, when set, sources every server leg from the shared pool
+	// (address sharing, RFC 8803 §4.4.2); nil uses the converter's own
+	// address as any proxy does.
+	NAT *nat.Pool
 
 	// Table receives every session for operators; nil gives the Server a
 	// table of its own, bounded by MaxSessions.

@@ -25,12 +25,22 @@ const serverSynRetries = 3
 // server's TFO cookie is known (or at once where the namespace allows TFO
 // without cookies); the connect then completes in the background, so wait
 // for it. Nothing reaches the server if the connect fails.
-func dialServer(ctx context.Context, dest netip.AddrPort, mptcp bool, early []byte) (*net.TCPConn, error) {
+//
+// A valid source binds the leg to that address and port (address sharing);
+// SO_REUSEADDR lets a port whose earlier connection sits in TIME_WAIT be
+// bound again toward another server.
+func dialServer(ctx context.Context, dest, source netip.AddrPort, mptcp bool, early []byte) (*net.TCPConn, error) {
 	opts := []sockopt{{unix.IPPROTO_TCP, unix.TCP_SYNCNT, serverSynRetries, "TCP_SYNCNT"}}
 	if len(early) > 0 {
 		opts = append(opts, sockopt{unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1, "TCP_FASTOPEN_CONNECT"})
 	}
+	if source.IsValid() {
+		opts = append(opts, sockopt{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"})
+	}
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error { return setSockopts(c, opts) }}
+	if source.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(source)
+	}
 	d.SetMultipathTCP(mptcp)
 	network := "tcp6"
 	if dest.Addr().Is4() {

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/convert-tc/converter/nat"
 	sessions "github.com/convert-tc/converter/session"
 	"github.com/convert-tc/converter/sockinfo"
 	"github.com/convert-tc/converter/tlv"
@@ -223,6 +224,7 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	defer s.untrack(sess)
 	s.register(sess)
 	defer s.cfg.Table.Remove(sess.entry)
+	defer s.releaseMapping(sess) // runs when serve returns: both legs are closed by then
 	if untrack := s.steerJoins(sess); untrack != nil {
 		defer untrack()
 	}
@@ -322,9 +324,13 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	for o := range conn.ConnectOptions() {
 		mptcp = mptcp || o.Kind == tlv.OptMPTCP
 	}
+	source, r := s.sourceFor(sess)
+	if r != nil {
+		return r
+	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
-	server, err := dialServer(dctx, sess.dest, mptcp, early)
+	server, err := dialServer(dctx, sess.dest, source, mptcp, early)
 	if err != nil {
 		if ctx.Err() != nil {
 			return &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
@@ -344,6 +350,30 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 		sess.entry.SetSynAck(src)
 	}
 	return nil
+}
+
+// sourceFor picks the server leg's source: none (the converter's own
+// address) or a mapping from the shared pool, released when the session
+// ends. An exhausted pool refuses the session; it never evicts another.
+func (s *Server) sourceFor(sess *session) (netip.AddrPort, *refusal) {
+	if s.cfg.NAT == nil {
+		return netip.AddrPort{}, nil
+	}
+	m, err := s.cfg.NAT.Allocate(sess.clientAddr.Addr(), nat.FamilyOf(sess.dest.Addr()))
+	switch {
+	case errors.Is(err, nat.ErrExhausted):
+		return netip.AddrPort{}, refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "address pool: %v", err)
+	case err != nil:
+		return netip.AddrPort{}, refuse(tlv.CodeNetworkFailure, nil, "address pool: %v", err)
+	}
+	sess.mapping = m
+	return m.External, nil
+}
+
+func (s *Server) releaseMapping(sess *session) {
+	if sess.mapping.External.IsValid() {
+		s.cfg.NAT.Release(sess.mapping)
+	}
 }
 
 // synAckOptions returns the server's SYN+ACK options: the captured bytes

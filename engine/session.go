@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/convert-tc/converter/nat"
 	sessions "github.com/convert-tc/converter/session"
 	"github.com/convert-tc/converter/tlv"
 )
@@ -21,6 +22,7 @@ type session struct {
 	clientAddr netip.AddrPort
 	dest       netip.AddrPort
 	original   netip.AddrPort // where the client's SYN was addressed (transparent mode)
+	mapping    nat.Mapping    // the server leg's source from the shared pool, if any
 	start      time.Time
 	mptcp      bool // the Client leg is MPTCP (false: plain TCP or fallback)
 	synData    bool // the Convert message came in the SYN

@@ -65,6 +65,7 @@ func newApp(io stdio) *cli.App {
 			decodeCommand(io),
 			sessionsCommand(io),
 			bpfCommand(io),
+			natCommand(io),
 			benchCommand(io),
 			labCommand(io),
 		},

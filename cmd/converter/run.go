@@ -39,7 +39,7 @@ func runCommand(io stdio) *cli.Command {
 			&cli.DurationFlag{Name: "idle-timeout", Value: 2*time.Hour + 4*time.Minute, Usage: "close sessions idle this long (0: never)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "unix socket serving the session table (mode 0600); empty to disable"},
-		}, transparentFlags()...),
+		}, append(transparentFlags(), natFlags()...)...),
 		Action: func(c *cli.Context) error {
 			cfg, err := runConfig(c, io)
 			if err != nil {
@@ -54,6 +54,17 @@ func runCommand(io stdio) *cli.Command {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
 			defer dp.close(cfg.Logger)
+			natCtx, stopNAT := context.WithCancel(c.Context)
+			defer stopNAT()
+			addr, err := setupAddressing(natCtx, c, &cfg, cfg.Logger)
+			if err != nil {
+				var ec cli.ExitCoder
+				if errors.As(err, &ec) {
+					return err
+				}
+				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
+			}
+			defer addr.close(cfg.Logger)
 			srv, err := engine.New(cfg)
 			if err != nil {
 				return usageError("%v", err)
@@ -64,7 +75,7 @@ func runCommand(io stdio) *cli.Command {
 			ctx, cancel := context.WithCancel(c.Context)
 			defer cancel()
 			var side sync.WaitGroup
-			if err := startObservers(ctx, &side, c.String("control"), srv, dp, cfg.Logger); err != nil {
+			if err := startObservers(ctx, &side, c.String("control"), srv, dp, addr, cfg.Logger); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
 			for _, a := range srv.Addrs() {
@@ -139,7 +150,7 @@ func prefixes(ss []string) ([]netip.Prefix, error) {
 
 // startObservers feeds the session table from the kernel's MPTCP events
 // and serves it on the control socket. Both run until ctx ends.
-func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string, srv *engine.Server, dp *dataplane, log *slog.Logger) error {
+func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string, srv *engine.Server, dp *dataplane, addr *addressing, log *slog.Logger) error {
 	events, err := mptcpevents.Listen(nil)
 	if err != nil {
 		return fmt.Errorf("subscribe to MPTCP events: %w", err)
@@ -160,6 +171,7 @@ func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string,
 	ctl.Register("mptcp_events", func() any { return events.Stats() })
 	ctl.Register("runtime", runtimeStats)
 	ctl.Register("bpf", dp.status)
+	ctl.Register("nat", addr.stats)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

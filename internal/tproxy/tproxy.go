@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -96,4 +97,49 @@ func famName(fam int) string {
 		return "IPv6"
 	}
 	return "IPv4"
+}
+
+// LocalPrefixes are `local` routes that make the kernel deliver packets for
+// the shared address pool to this host's sockets, so server replies to a
+// pool address reach the converter's server legs.
+type LocalPrefixes struct {
+	routes []*netlink.Route
+}
+
+// InstallLocalPrefixes adds one local route per prefix in the local table,
+// in the network namespace of the calling thread.
+func InstallLocalPrefixes(prefixes []netip.Prefix) (*LocalPrefixes, error) {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return nil, fmt.Errorf("find lo: %w", err)
+	}
+	lp := &LocalPrefixes{}
+	for _, p := range prefixes {
+		fam := netlink.FAMILY_V4
+		if p.Addr().Is6() {
+			fam = netlink.FAMILY_V6
+		}
+		route := &netlink.Route{
+			LinkIndex: lo.Attrs().Index, Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
+			Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Family: fam,
+		}
+		if err := netlink.RouteReplace(route); err != nil {
+			lp.Remove()
+			return nil, fmt.Errorf("add local route for pool %v: %w", p, err)
+		}
+		lp.routes = append(lp.routes, route)
+	}
+	return lp, nil
+}
+
+// Remove deletes the routes; it reports the first failure.
+func (lp *LocalPrefixes) Remove() error {
+	var first error
+	for _, r := range lp.routes {
+		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, syscall.ESRCH) && first == nil {
+			first = fmt.Errorf("delete local route %v: %w", r.Dst, err)
+		}
+	}
+	lp.routes = nil
+	return first
 }
