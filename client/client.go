@@ -33,6 +33,9 @@ type Options struct {
 	Cookie []byte
 	// TCPOptions is the TCP Options field of an Extended Connect.
 	TCPOptions []byte
+	// Local binds the client's side of the first subflow to this address
+	// (zero: the kernel chooses).
+	Local netip.Addr
 	// AfterHandshake sends the Convert message as the first bytes after
 	// the handshake instead of in the SYN, as a Client does whose TFO data
 	// was refused (the converter accepts both).
@@ -85,7 +88,7 @@ func Dial(ctx context.Context, o Options, early []byte) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := dialFastOpen(ctx, o.Via, o.MPTCP, !o.AfterHandshake)
+	c, err := dialFastOpen(ctx, o.Via, o.Local, o.MPTCP, !o.AfterHandshake)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +114,7 @@ func Dial(ctx context.Context, o Options, early []byte) (*Conn, error) {
 // it is, without checking it: for tests and labs that send malformed
 // messages on purpose.
 func DialRaw(ctx context.Context, via netip.AddrPort, mptcp bool, payload []byte) (*net.TCPConn, error) {
-	c, err := dialFastOpen(ctx, via, mptcp, true)
+	c, err := dialFastOpen(ctx, via, netip.Addr{}, mptcp, true)
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +125,7 @@ func DialRaw(ctx context.Context, via netip.AddrPort, mptcp bool, payload []byte
 	return c, nil
 }
 
-func dialFastOpen(ctx context.Context, via netip.AddrPort, mptcp, fastOpen bool) (*net.TCPConn, error) {
+func dialFastOpen(ctx context.Context, via netip.AddrPort, local netip.Addr, mptcp, fastOpen bool) (*net.TCPConn, error) {
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		if !fastOpen {
 			return nil
@@ -144,6 +147,9 @@ func dialFastOpen(ctx context.Context, via netip.AddrPort, mptcp, fastOpen bool)
 		return err
 	}}
 	d.SetMultipathTCP(mptcp)
+	if local.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0))
+	}
 	c, err := d.DialContext(ctx, "tcp", via.String())
 	if err != nil {
 		return nil, fmt.Errorf("connect to converter %s: %w", via, err)

@@ -78,6 +78,15 @@ type Config struct {
 	// (address sharing, RFC 8803 §4.4.2); nil uses the converter's own
 	// address as any proxy does.
 	NAT *nat.Pool
+	// Preserve sources every server leg from the client's own address (the
+	// initial subflow's) with IP_TRANSPARENT when the families match
+	// (RFC 8803 §4.4.1); with NAT also set, other legs use the pool
+	// (mixed policy). The replies must be delivered to this host: the
+	// steering program marks them on the server-facing interfaces.
+	Preserve bool
+	// Hairpin allows destinations that are addresses of the shared pool
+	// (RFC 8803 §9.2 allows hairpinning; disabled it is Not Authorized).
+	Hairpin bool
 
 	// Table receives every session for operators; nil gives the Server a
 	// table of its own, bounded by MaxSessions.

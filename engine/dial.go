@@ -29,13 +29,20 @@ const serverSynRetries = 3
 // A valid source binds the leg to that address and port (address sharing);
 // SO_REUSEADDR lets a port whose earlier connection sits in TIME_WAIT be
 // bound again toward another server.
-func dialServer(ctx context.Context, dest, source netip.AddrPort, mptcp bool, early []byte) (*net.TCPConn, error) {
+func dialServer(ctx context.Context, dest, source netip.AddrPort, transparent, mptcp bool, early []byte) (*net.TCPConn, error) {
 	opts := []sockopt{{unix.IPPROTO_TCP, unix.TCP_SYNCNT, serverSynRetries, "TCP_SYNCNT"}}
 	if len(early) > 0 {
 		opts = append(opts, sockopt{unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1, "TCP_FASTOPEN_CONNECT"})
 	}
 	if source.IsValid() {
 		opts = append(opts, sockopt{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"})
+	}
+	if transparent { // bind to an address that is not ours: the client's
+		if dest.Addr().Is4() {
+			opts = append(opts, sockopt{unix.SOL_IP, unix.IP_TRANSPARENT, 1, "IP_TRANSPARENT"})
+		} else {
+			opts = append(opts, sockopt{unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1, "IPV6_TRANSPARENT"})
+		}
 	}
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error { return setSockopts(c, opts) }}
 	if source.IsValid() {

@@ -56,6 +56,9 @@ func (s *Server) authorize(m *tlv.Message, client netip.Addr) *refusal {
 	if contains(s.cfg.Deny, c.Addr) {
 		return refuse(tlv.CodeNotAuthorized, nil, "destination %s denied", c.Addr)
 	}
+	if s.cfg.NAT != nil && !s.cfg.Hairpin && s.cfg.NAT.Contains(c.Addr) {
+		return refuse(tlv.CodeNotAuthorized, nil, "destination %s is in the shared pool and hairpinning is off", c.Addr)
+	}
 	if s.own.has(c.Addr) {
 		// Never connect to ourselves: that loops through the converter.
 		return refuse(tlv.CodeNotAuthorized, nil, "destination %s is the converter's own address", c.Addr)

@@ -330,7 +330,7 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
-	server, err := dialServer(dctx, sess.dest, source, mptcp, early)
+	server, err := dialServer(dctx, sess.dest, source, sess.preserved, mptcp, early)
 	if err != nil {
 		if ctx.Err() != nil {
 			return &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
@@ -343,6 +343,7 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	sess.synAckOptions, sess.synthesized = s.synAckOptions(server, sess.dest)
 	if sess.entry != nil {
 		sess.entry.SetServer(server)
+		sess.entry.SetSource(sess.sourceKind())
 		src := sessions.SynAckExact
 		if sess.synthesized {
 			src = sessions.SynAckSynthesized
@@ -356,6 +357,11 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 // address) or a mapping from the shared pool, released when the session
 // ends. An exhausted pool refuses the session; it never evicts another.
 func (s *Server) sourceFor(sess *session) (netip.AddrPort, *refusal) {
+	client := sess.clientAddr.Addr()
+	if s.cfg.Preserve && client.Is4() == sess.dest.Addr().Is4() {
+		sess.preserved = true
+		return netip.AddrPortFrom(client, 0), nil
+	}
 	if s.cfg.NAT == nil {
 		return netip.AddrPort{}, nil
 	}
@@ -368,6 +374,17 @@ func (s *Server) sourceFor(sess *session) (netip.AddrPort, *refusal) {
 	}
 	sess.mapping = m
 	return m.External, nil
+}
+
+// sourceKind names how the server leg's source was chosen.
+func (s *session) sourceKind() string {
+	switch {
+	case s.preserved:
+		return "preserved"
+	case s.mapping.External.IsValid():
+		return "shared"
+	}
+	return "own"
 }
 
 func (s *Server) releaseMapping(sess *session) {

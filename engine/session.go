@@ -23,6 +23,7 @@ type session struct {
 	dest       netip.AddrPort
 	original   netip.AddrPort // where the client's SYN was addressed (transparent mode)
 	mapping    nat.Mapping    // the server leg's source from the shared pool, if any
+	preserved  bool           // the server leg is sourced from the client's address
 	start      time.Time
 	mptcp      bool // the Client leg is MPTCP (false: plain TCP or fallback)
 	synData    bool // the Convert message came in the SYN

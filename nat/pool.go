@@ -653,3 +653,13 @@ func (h addrHeap) Swap(i, j int) {
 }
 func (h *addrHeap) Push(x any) { panic("unused") }
 func (h *addrHeap) Pop() any   { panic("unused") }
+
+// Contains reports whether a is one of the pool's external addresses: a
+// destination there is a hairpin (a client reaching another client's
+// mapping through the converter).
+func (p *Pool) Contains(a netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.byIP[a.Unmap()]
+	return ok
+}

@@ -45,7 +45,8 @@ type Entry struct {
 	upstream   Upstream
 	dest       netip.AddrPort
 	synAck     SynAckSource
-	errCode    int // -1 until refused
+	source     string // how the server leg's source was chosen
+	errCode    int    // -1 until refused
 	mptcp      MPTCPInfo
 	subflows   []subflow
 	announced  []AnnouncedAddr
@@ -153,6 +154,14 @@ func (e *Entry) SetServer(c *net.TCPConn) {
 func (e *Entry) SetSynAck(src SynAckSource) {
 	e.mu.Lock()
 	e.synAck = src
+	e.mu.Unlock()
+}
+
+// SetSource records how the server leg's source address was chosen:
+// "own", "preserved" (the client's address) or "shared" (the pool).
+func (e *Entry) SetSource(how string) {
+	e.mu.Lock()
+	e.source = how
 	e.mu.Unlock()
 }
 

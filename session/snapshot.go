@@ -33,8 +33,11 @@ type Info struct {
 	// transparent mode.
 	OriginalDestination netip.AddrPort `json:"original_destination,omitzero"`
 	SynAckOptions       string         `json:"syn_ack_options,omitempty"` // "exact" or "synthesized"
-	Started             time.Time      `json:"started"`
-	LastActivity        time.Time      `json:"last_activity,omitzero"`
+	// ServerSource says how the upstream local address was chosen: "own",
+	// "preserved" (the client's address) or "shared" (the pool).
+	ServerSource string    `json:"server_source,omitempty"`
+	Started      time.Time `json:"started"`
+	LastActivity time.Time `json:"last_activity,omitzero"`
 	// ErrorCode and Error name the Error TLV sent to a refused client.
 	ErrorCode    *uint8          `json:"error_code,omitempty"`
 	Error        string          `json:"error,omitempty"`
@@ -115,6 +118,7 @@ func (e *Entry) info() Info {
 	in.Destination, in.Upstream = e.dest, e.upstream
 	in.Fallback = e.fallback
 	in.SynAckOptions = e.synAck.String()
+	in.ServerSource = e.source
 	if e.errCode >= 0 {
 		c := uint8(e.errCode)
 		in.ErrorCode, in.Error = &c, tlv.ErrorCode(c).String()

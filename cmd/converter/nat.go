@@ -20,11 +20,12 @@ import (
 
 func natFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "nat", Value: "own", Usage: "server-leg source: own (the converter's address) or share (a pool, like a CGN)"},
+		&cli.StringFlag{Name: "nat", Value: "own", Usage: "server-leg source: own (the converter's address), preserve (the client's, needs --server-iface), share (a pool, like a CGN) or mixed (preserve when the families match, else share)"},
 		&cli.StringSliceFlag{Name: "pool", Usage: "shared pool `CIDR`, IPv4 or IPv6 (repeatable; --nat share)"},
 		&cli.IntFlag{Name: "port-block", Value: 512, Usage: "ports per block handed to one client (--nat share)"},
 		&cli.IntFlag{Name: "max-blocks-per-client", Value: 4, Usage: "blocks one client may hold (--nat share)"},
 		&cli.DurationFlag{Name: "port-hold", Value: 120 * time.Second, Usage: "a released port is not reused for this long (--nat share)"},
+		&cli.BoolFlag{Name: "hairpin", Usage: "allow destinations that are addresses of the shared pool (refused with Not Authorized otherwise)"},
 		&cli.StringFlag{Name: "nat-log", Usage: "mapping log `FILE`: one JSON line per port-block allocation and release; reopened on SIGHUP"},
 	}
 }
@@ -44,13 +45,18 @@ func setupAddressing(ctx context.Context, c *cli.Context, cfg *engine.Config, lo
 	switch c.String("nat") {
 	case "own":
 		return a, nil
+	case "preserve":
+		cfg.Preserve = true
+		return a, nil
+	case "mixed":
+		cfg.Preserve = true
 	case "share":
 	default:
-		return nil, usageError("--nat %q: want own or share", c.String("nat"))
+		return nil, usageError("--nat %q: want own, preserve, share or mixed", c.String("nat"))
 	}
 	prefixes, err := prefixes(c.StringSlice("pool"))
 	if err != nil || len(prefixes) == 0 {
-		return nil, usageError("--nat share needs --pool CIDR (%v)", err)
+		return nil, usageError("--nat %s needs --pool CIDR (%v)", c.String("nat"), err)
 	}
 	if path := c.String("nat-log"); path != "" {
 		if a.log, err = nat.OpenMappingLog(path); err != nil {
@@ -70,6 +76,7 @@ func setupAddressing(ctx context.Context, c *cli.Context, cfg *engine.Config, lo
 		return nil, err
 	}
 	cfg.NAT = a.pool
+	cfg.Hairpin = c.Bool("hairpin")
 	go a.maintain(ctx, log)
 	return a, nil
 }

@@ -69,14 +69,15 @@ func printSessions(ctx context.Context, path string, asJSON bool, out io.Writer)
 // session.
 func writeSessionTable(out io.Writer, snap session.Snapshot, now time.Time) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTOKEN\tCLIENT\tDESTINATION\tSTATE\tTO-SERVER\tTO-CLIENT\tAGE\t")
+	fmt.Fprintln(tw, "ID\tTOKEN\tCLIENT\tDESTINATION\tSTATE\tTO-SERVER\tTO-CLIENT\tAGE\tSOURCE\t")
 	for _, s := range snap.Sessions {
 		token := s.Token.String()
 		if s.Fallback {
 			token += " (tcp)"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.ID, token, s.Client, orDash(s.Destination),
-			s.State, humanBytes(s.BytesToServer), humanBytes(s.BytesToClient), now.Sub(s.Started).Round(time.Second))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.ID, token, s.Client, orDash(s.Destination),
+			s.State, humanBytes(s.BytesToServer), humanBytes(s.BytesToClient), now.Sub(s.Started).Round(time.Second),
+			sourceText(s))
 		for _, sf := range s.Subflows {
 			backup := ""
 			if sf.Backup {
@@ -108,4 +109,15 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// sourceText is the server leg's source address and how it was chosen.
+func sourceText(s session.Info) string {
+	if !s.Upstream.Local.IsValid() {
+		return "-"
+	}
+	if s.ServerSource == "" {
+		return s.Upstream.Local.String()
+	}
+	return s.Upstream.Local.String() + " (" + s.ServerSource + ")"
 }

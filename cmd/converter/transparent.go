@@ -58,8 +58,9 @@ func setupDataplane(c *cli.Context, cfg *engine.Config, log *slog.Logger) (*data
 			dp.close(log)
 		}
 	}()
-	if c.Bool("transparent") {
-		if err := dp.steer(c, cfg); err != nil {
+	preserve := c.String("nat") == "preserve" || c.String("nat") == "mixed"
+	if c.Bool("transparent") || preserve {
+		if err := dp.steer(c, cfg, c.Bool("transparent"), preserve); err != nil {
 			return nil, err
 		}
 	}
@@ -77,10 +78,23 @@ func setupDataplane(c *cli.Context, cfg *engine.Config, log *slog.Logger) (*data
 	return dp, nil
 }
 
-func (dp *dataplane) steer(c *cli.Context, cfg *engine.Config) error {
-	ifaces := c.StringSlice("client-iface")
-	if len(ifaces) == 0 {
-		return usageError("--transparent needs at least one --client-iface")
+// steer loads the steering program: on client-facing interfaces it steers
+// Convert SYNs (transparent mode); on server-facing ones it marks the
+// replies to server legs sourced from client addresses (preservation), so
+// that they are delivered here and not forwarded to the client.
+func (dp *dataplane) steer(c *cli.Context, cfg *engine.Config, transparent, preserve bool) error {
+	var ifaces []string
+	if transparent {
+		if len(c.StringSlice("client-iface")) == 0 {
+			return usageError("--transparent needs at least one --client-iface")
+		}
+		ifaces = append(ifaces, c.StringSlice("client-iface")...)
+	}
+	if preserve {
+		if len(c.StringSlice("server-iface")) == 0 {
+			return usageError("--nat %s needs the server-facing --server-iface", c.String("nat"))
+		}
+		ifaces = append(ifaces, c.StringSlice("server-iface")...)
 	}
 	if err := bpf.Supported(); err != nil {
 		return fmt.Errorf("transparent mode: %w", err)
@@ -103,8 +117,10 @@ func (dp *dataplane) steer(c *cli.Context, cfg *engine.Config) error {
 	if dp.routing, err = tproxy.Install(mark, c.Int("route-table")); err != nil {
 		return fmt.Errorf("policy routing: %w", err)
 	}
-	cfg.Transparent = true
-	cfg.Joins = s
+	if transparent {
+		cfg.Transparent = true
+		cfg.Joins = s
+	}
 	return nil
 }
 

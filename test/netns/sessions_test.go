@@ -28,6 +28,7 @@ type sessionsJSON struct {
 		BytesToServer int64  `json:"bytes_to_server"`
 		BytesToClient int64  `json:"bytes_to_client"`
 		Fallback      bool   `json:"fallback"`
+		ServerSource  string `json:"server_source"`
 		Subflows      []struct {
 			Local         string `json:"local"`
 			Remote        string `json:"remote"`
