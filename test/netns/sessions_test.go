@@ -75,6 +75,7 @@ func TestSessionTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitSubflows(t, c.TCPConn, 2) // the join follows the converter's reply
 	if _, err := io.Copy(c, stream(3, 32<<20)); err != nil {
 		t.Fatal(err)
 	}

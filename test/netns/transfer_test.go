@@ -37,6 +37,7 @@ func TestBytesIntactBothWays(t *testing.T) {
 	if err != nil {
 		t.Fatalf("convert: %v", err)
 	}
+	waitSubflows(t, c.TCPConn, 2) // the join follows the converter's reply
 	sampler := sampleSubflows(c.TCPConn)
 	got := exchange(c.TCPConn, 1, bigTransfer)
 	s := <-srv
