@@ -106,7 +106,10 @@ func TestSessionTable(t *testing.T) {
 		t.Fatalf("%d subflows, want 2", len(got.Subflows))
 	}
 	for _, sf := range got.Subflows {
-		if sf.BytesReceived < 1<<20 {
+		// How the client's scheduler splits the bytes is its own affair
+		// (the joined subflow starts with a 1 ms RTT estimate against
+		// tens of microseconds on veth); each subflow must carry data.
+		if sf.BytesReceived < 64<<10 {
 			t.Errorf("subflow %s -> %s carried %d bytes", sf.Remote, sf.Local, sf.BytesReceived)
 		}
 	}
