@@ -109,7 +109,7 @@ func TestSessionTable(t *testing.T) {
 		// How the client's scheduler splits the bytes is its own affair
 		// (the joined subflow starts with a 1 ms RTT estimate against
 		// tens of microseconds on veth); each subflow must carry data.
-		if sf.BytesReceived < 64<<10 {
+		if sf.BytesReceived < 16<<10 {
 			t.Errorf("subflow %s -> %s carried %d bytes", sf.Remote, sf.Local, sf.BytesReceived)
 		}
 	}

@@ -179,11 +179,11 @@ func (e *transparentEnv) uploadWithSubflows(t *testing.T, dest string, n int64) 
 // original destination; the steering program assigns the MP_JOIN (its
 // token is in the map) to the transparent listener the converter opened on
 // that port, and both subflows carry bytes. How the client's scheduler
-// splits them is its own affair: the joined subflow is asked for 64 KiB.
+// splits them is its own affair: each subflow is asked for 16 KiB of data.
 func TestTransparentJoinOriginalPort(t *testing.T) {
 	e := newTransparentEnv(t)
 	sfs := e.uploadWithSubflows(t, "10.201.3.2:8041", 32<<20)
-	checkTwoSubflowsMoved(t, sfs, 64<<10)
+	checkTwoSubflowsMoved(t, sfs, 16<<10)
 	for _, sf := range sfs {
 		if sf.Remote.String() != "10.201.3.2:8041" {
 			t.Errorf("subflow to %v, want the original destination", sf.Remote)
@@ -204,7 +204,7 @@ func TestTransparentJoinAnnounced(t *testing.T) {
 		t.Fatalf("flush client endpoints: %v %s", err, out)
 	}
 	sfs := e.uploadWithSubflows(t, "10.201.3.2:8042", 32<<20)
-	checkTwoSubflowsMoved(t, sfs, 64<<10)
+	checkTwoSubflowsMoved(t, sfs, 16<<10)
 	joined := false
 	for _, sf := range sfs {
 		joined = joined || sf.Remote.String() == "10.201.2.1:5125"
