@@ -242,14 +242,7 @@ func TestHalfClose(t *testing.T) {
 	dest := netip.MustParseAddrPort("10.201.3.2:8003")
 
 	t.Run("client-first", func(t *testing.T) {
-		srv := make(chan error, 1)
-		go func() {
-			c, err := l.AcceptTCP()
-			if err != nil {
-				srv <- err
-				return
-			}
-			defer c.Close()
+		srv := serveOne(l, func(c *net.TCPConn) error {
 			b, err := io.ReadAll(c) // ends only on the client's FIN
 			if err == nil && string(b) != "question" {
 				err = fmt.Errorf("server read %q", b)
@@ -257,8 +250,8 @@ func TestHalfClose(t *testing.T) {
 			if err == nil {
 				_, err = c.Write([]byte("answer after your FIN"))
 			}
-			srv <- err
-		}()
+			return err
+		})
 		c, err := e.convert(client.Options{Via: e.via4(), Dest: dest, MPTCP: true}, []byte("question"))
 		if err != nil {
 			t.Fatal(err)
@@ -273,22 +266,15 @@ func TestHalfClose(t *testing.T) {
 		}
 	})
 	t.Run("server-first", func(t *testing.T) {
-		srv := make(chan error, 1)
-		go func() {
-			c, err := l.AcceptTCP()
-			if err != nil {
-				srv <- err
-				return
-			}
-			defer c.Close()
+		srv := serveOne(l, func(c *net.TCPConn) error {
 			c.Write([]byte("server done"))
 			c.CloseWrite()
 			b, err := io.ReadAll(c)
 			if err == nil && string(b) != "client still talking" {
 				err = fmt.Errorf("server read %q", b)
 			}
-			srv <- err
-		}()
+			return err
+		})
 		c, err := e.convert(client.Options{Via: e.via4(), Dest: dest, MPTCP: true}, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -351,19 +337,27 @@ func TestResets(t *testing.T) {
 // serveDrain accepts one connection and reads it to its end (or 10 s),
 // reporting how the read ended.
 func serveDrain(l *net.TCPListener) <-chan error {
-	srv := make(chan error, 1)
+	return serveOne(l, func(c *net.TCPConn) error {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.Copy(io.Discard, c)
+		return err
+	})
+}
+
+// serveOne accepts one connection on l, runs fn on it, closes it and
+// reports fn's error (or the accept's).
+func serveOne(l *net.TCPListener, fn func(*net.TCPConn) error) <-chan error {
+	out := make(chan error, 1)
 	go func() {
 		c, err := l.AcceptTCP()
 		if err != nil {
-			srv <- err
+			out <- err
 			return
 		}
 		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		_, err = io.Copy(io.Discard, c)
-		srv <- err
+		out <- fn(c)
 	}()
-	return srv
+	return out
 }
 
 // TestIdleTimeout: a session in which nothing moves is closed after
