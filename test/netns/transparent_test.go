@@ -199,6 +199,11 @@ func TestTransparentJoinOriginalPort(t *testing.T) {
 // joins them; no steering is needed for it.
 func TestTransparentJoinAnnounced(t *testing.T) {
 	e := newTransparentEnv(t, "--announce", "10.201.2.1:5125")
+	// An ADD_ADDR the client did not echo is sent again after
+	// add_addr_timeout, 120 s by default; make a lost one cost a second.
+	if out, err := e.lab.Command(context.Background(), e.converterNS(), "sysctl", "-w", "net.mptcp.add_addr_timeout=1").CombinedOutput(); err != nil {
+		t.Fatalf("sysctl: %v %s", err, out)
+	}
 	// Only announced addresses: no client endpoint of its own.
 	if out, err := e.lab.Command(context.Background(), e.clientNS(), "ip", "mptcp", "endpoint", "flush").CombinedOutput(); err != nil {
 		t.Fatalf("flush client endpoints: %v %s", err, out)
@@ -319,7 +324,7 @@ func TestTransparentMalformedFlood(t *testing.T) {
 // waitSubflows waits until the connection has n established subflows.
 func waitSubflows(t *testing.T, c *net.TCPConn, n int) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(6 * time.Second)
 	for time.Now().Before(deadline) {
 		sfs, err := sockinfo.GetSubflows(c)
 		up := 0
@@ -333,5 +338,5 @@ func waitSubflows(t *testing.T, c *net.TCPConn, n int) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("fewer than %d subflows after 3 s", n)
+	t.Fatalf("fewer than %d subflows after 6 s", n)
 }
