@@ -17,6 +17,9 @@ type tcxLinks struct {
 	mu    sync.Mutex
 	prog  *ebpf.Program // nil once closed
 	links []tcxLink
+	// first attaches ahead of every other program on the interface (the
+	// program then returns TCX_NEXT to let the others run).
+	first bool
 }
 
 type tcxLink struct {
@@ -54,12 +57,16 @@ func (t *tcxLinks) attach(ifindex int) error {
 		return fmt.Errorf("attach tcx ingress on ifindex %d: %w", ifindex, err)
 	}
 	name := nl.Attrs().Name
-	// The programs parse Ethernet frames; on an L3 device (tun,
-	// WireGuard) they would silently let everything pass.
-	if enc := nl.Attrs().EncapType; enc != "ether" {
-		return fmt.Errorf("attach tcx ingress on ifindex %d (%s): link type %q, only Ethernet is supported", ifindex, name, enc)
+	// The programs parse Ethernet frames (loopback has the same header);
+	// on an L3 device (tun, WireGuard) they would let everything pass.
+	if enc := nl.Attrs().EncapType; enc != "ether" && enc != "loopback" {
+		return fmt.Errorf("attach tcx ingress on ifindex %d (%s): link type %q, only Ethernet and loopback are supported", ifindex, name, enc)
 	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: t.prog, Attach: ebpf.AttachTCXIngress})
+	opts := link.TCXOptions{Interface: ifindex, Program: t.prog, Attach: ebpf.AttachTCXIngress}
+	if t.first {
+		opts.Anchor = link.Head()
+	}
+	l, err := link.AttachTCX(opts)
 	if err != nil {
 		return fmt.Errorf("attach tcx ingress on ifindex %d (%s): %w", ifindex, name, err)
 	}

@@ -73,7 +73,8 @@ func TestAttachDetach(t *testing.T) {
 			err     error
 			wantErr string
 		}{
-			{"attach lo", c.Attach(lo.Index), "only Ethernet"},
+			{"attach lo", c.Attach(lo.Index), ""},
+			{"detach lo", c.Detach(lo.Index), ""},
 			{"attach a missing ifindex", c.Attach(9999), "ifindex 9999"},
 			{"attach sv", c.Attach(sv.Index), ""},
 			{"attach sv again", c.Attach(sv.Index), "already attached"},

@@ -9,6 +9,7 @@
 
 #include <linux/pkt_cls.h>
 #include "parse.h"
+#include "convert.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -65,19 +66,6 @@ static __always_inline void count(enum steer_counter c)
 		*v += 1; /* per-CPU slot: no atomics needed */
 }
 
-/* Largest offset of the TCP header: Ethernet + IPv4 with options. */
-#define MAX_TCP_OFF (sizeof(struct ethhdr) + 60)
-
-/* linear makes the first n bytes of skb directly readable. */
-static __always_inline int linear(struct __sk_buff *skb, __u32 n)
-{
-	if ((void *)(long)skb->data + n <= (void *)(long)skb->data_end)
-		return 0;
-	if (n > skb->len)
-		return -1;
-	return bpf_skb_pull_data(skb, n) ? -1 : 0;
-}
-
 /* local_flow reports whether the packet's own tuple names a local socket
  * other than a listener: an established, request or time-wait socket of a
  * flow the converter terminates. Uses skc_lookup (request and time-wait
@@ -98,44 +86,6 @@ static __always_inline int local_flow(struct __sk_buff *skb, struct pkt *p)
 	return state != BPF_TCP_LISTEN;
 }
 
-/* Convert message: version 1, total length in 32-bit words, magic 0x2263,
- * then the first TLV (type, length in words). */
-#define CONVERT_VERSION 1
-#define CONVERT_MAGIC_HI 0x22
-#define CONVERT_MAGIC_LO 0x63
-#define TLV_INFO 0x01
-#define TLV_CONNECT 0x0a
-#define CONVERT_MIN_LEN 8 /* header + one TLV word */
-
-/* is_convert reports whether the SYN payload starts with a plausible,
- * complete Convert message. */
-static __always_inline int is_convert(struct __sk_buff *skb, const struct pkt *p)
-{
-	__u32 off = p->tcp_off + p->doff;
-	void *data, *data_end;
-	__u8 *m;
-
-	if (p->paylen < CONVERT_MIN_LEN || p->tcp_off > MAX_TCP_OFF || p->doff > 60)
-		return 0;
-	if (linear(skb, off + 6))
-		return 0;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	m = data + off;
-	if ((void *)(m + 6) > data_end)
-		return 0;
-	if (m[0] != CONVERT_VERSION || m[1] < 2 || (__u32)m[1] * 4 > p->paylen)
-		return 0;
-	if (m[2] != CONVERT_MAGIC_HI || m[3] != CONVERT_MAGIC_LO)
-		return 0;
-	if (m[4] != TLV_CONNECT && m[4] != TLV_INFO)
-		return 0;
-	return m[5] >= 1 && m[5] < m[1];
-}
-
-#define TCPOPT_EOL 0
-#define TCPOPT_NOP 1
-#define TCPOPT_MPTCP 30
 #define MPTCP_SUB_JOIN 1
 #define MPTCP_JOIN_SYN_LEN 12
 

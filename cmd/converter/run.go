@@ -17,6 +17,7 @@ import (
 	"github.com/convert-tc/converter/cookie"
 	"github.com/convert-tc/converter/engine"
 	"github.com/convert-tc/converter/internal/mptcpevents"
+	"github.com/convert-tc/converter/internal/tfowindow"
 )
 
 func runCommand(io stdio) *cli.Command {
@@ -39,13 +40,18 @@ func runCommand(io stdio) *cli.Command {
 			&cli.DurationFlag{Name: "idle-timeout", Value: 2*time.Hour + 4*time.Minute, Usage: "close sessions idle this long (0: never)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "unix socket serving the session table (mode 0600); empty to disable"},
+			&cli.StringFlag{Name: "tfo-window-clamp", Value: string(tfowindow.ModeAuto), Usage: "lower the window of Convert SYNs with eBPF, against the kernel fault that stalls downloads of MPTCP clients that sent SYN data: auto (where a start-up probe finds the fault), on or off"},
 		}, append(transparentFlags(), natFlags()...)...),
 		Action: func(c *cli.Context) error {
 			cfg, err := runConfig(c, io)
 			if err != nil {
 				return err
 			}
-			dp, err := setupDataplane(c, &cfg, cfg.Logger)
+			clampMode, err := tfowindow.ParseMode(c.String("tfo-window-clamp"))
+			if err != nil {
+				return usageError("--tfo-window-clamp: %v", err)
+			}
+			dp, err := setupDataplane(c, &cfg, tfowindow.Decide(c.Context, clampMode), cfg.Logger)
 			if err != nil {
 				var ec cli.ExitCoder
 				if errors.As(err, &ec) {

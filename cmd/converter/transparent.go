@@ -13,6 +13,7 @@ import (
 	"github.com/convert-tc/converter/bpf"
 	"github.com/convert-tc/converter/engine"
 	"github.com/convert-tc/converter/internal/mptcppm"
+	"github.com/convert-tc/converter/internal/tfowindow"
 	"github.com/convert-tc/converter/internal/tproxy"
 )
 
@@ -40,6 +41,7 @@ func transparentFlags() []cli.Flag {
 // dataplane is what the daemon attached to the kernel; close undoes all of
 // it, in reverse order.
 type dataplane struct {
+	synwin   *bpf.SynWindowClamp
 	steering *bpf.Steering
 	synacks  *bpf.SynAckCapture
 	routing  *tproxy.Routing
@@ -50,7 +52,7 @@ type dataplane struct {
 // setupDataplane loads and attaches the BPF programs, installs the policy
 // routing and announces addresses, as the flags ask; cfg learns where the
 // engine finds tokens and SYN+ACK options.
-func setupDataplane(c *cli.Context, cfg *engine.Config, log *slog.Logger) (*dataplane, error) {
+func setupDataplane(c *cli.Context, cfg *engine.Config, clamp tfowindow.Decision, log *slog.Logger) (*dataplane, error) {
 	dp := &dataplane{}
 	ok := false
 	defer func() {
@@ -58,6 +60,9 @@ func setupDataplane(c *cli.Context, cfg *engine.Config, log *slog.Logger) (*data
 			dp.close(log)
 		}
 	}()
+	if err := dp.clampSynWindows(c, clamp, log); err != nil {
+		return nil, err
+	}
 	preserve := c.String("nat") == "preserve" || c.String("nat") == "mixed"
 	if c.Bool("transparent") || preserve {
 		if err := dp.steer(c, cfg, c.Bool("transparent"), preserve); err != nil {
@@ -124,6 +129,81 @@ func (dp *dataplane) steer(c *cli.Context, cfg *engine.Config, transparent, pres
 	return nil
 }
 
+// clampSynWindows loads and attaches the synwin program where the kernel
+// has the MPTCP TCP Fast Open window fault (internal/tfowindow), after
+// checking in a private namespace that the program removes it. It goes on
+// the client-facing interfaces, or on every interface that is up when
+// none is named. Where the program cannot load, auto mode logs the
+// fault and goes on; "on" refuses to start.
+func (dp *dataplane) clampSynWindows(c *cli.Context, d tfowindow.Decision, log *slog.Logger) error {
+	attrs := []any{"mode", c.String("tfo-window-clamp"), "reason", d.Reason}
+	if v := d.Verdict; v != nil {
+		attrs = append(attrs, "probe_sent_with_syn_data", v.SentWithSYNData, "probe_sent_without", v.SentWithout)
+	}
+	if !d.On {
+		log.Info("tfo window clamp", append(attrs, "on", false)...)
+		return nil
+	}
+	strict := c.String("tfo-window-clamp") == string(tfowindow.ModeOn)
+	fail := func(err error) error {
+		if strict {
+			return fmt.Errorf("--tfo-window-clamp on: %w", err)
+		}
+		log.Error("tfo window clamp", append(attrs, "on", false, "error", err.Error())...)
+		return nil
+	}
+	if err := bpf.Supported(); err != nil {
+		return fail(err)
+	}
+	clamp, err := bpf.LoadSynWindowClamp()
+	if err != nil {
+		return fail(err)
+	}
+	v, err := tfowindow.Verify(c.Context, func(lo int) (func(), error) {
+		if err := clamp.Attach(lo); err != nil {
+			return nil, err
+		}
+		return func() { clamp.Detach(lo) }, nil
+	})
+	if err != nil {
+		clamp.Close()
+		return fail(fmt.Errorf("check the clamp in a private namespace: %w", err))
+	}
+	dp.synwin = clamp
+	names := c.StringSlice("client-iface")
+	if len(names) == 0 {
+		if names, err = upInterfaces(); err != nil {
+			return err
+		}
+	}
+	for _, name := range names {
+		idx, err := ifindex(name)
+		if err != nil {
+			return err
+		}
+		if err := clamp.Attach(idx); err != nil {
+			return fmt.Errorf("attach the TFO window clamp to %s: %w", name, err)
+		}
+	}
+	log.Info("tfo window clamp", append(attrs, "on", true, "interfaces", names, "verified_sent_with_syn_data", v.SentWithSYNData)...)
+	return nil
+}
+
+// upInterfaces names the interfaces of this namespace that are up.
+func upInterfaces() ([]string, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	var names []string
+	for _, i := range ifs {
+		if i.Flags&net.FlagUp != 0 {
+			names = append(names, i.Name)
+		}
+	}
+	return names, nil
+}
+
 func (dp *dataplane) captureSynAcks(ifaces []string, cfg *engine.Config) error {
 	if err := bpf.Supported(); err != nil {
 		return fmt.Errorf("SYN+ACK capture: %w", err)
@@ -188,11 +268,20 @@ func (dp *dataplane) close(log *slog.Logger) {
 	if dp.steering != nil {
 		dp.steering.Close()
 	}
+	if dp.synwin != nil {
+		dp.synwin.Close()
+	}
 }
 
 // status is what `converter bpf status` shows, served on the control socket.
 func (dp *dataplane) status() any {
 	out := map[string]any{}
+	if dp.synwin != nil {
+		counters, _ := dp.synwin.Counters()
+		st, _ := dp.synwin.Status()
+		out["synwin_counters"] = counters
+		out["synwin"] = st
+	}
 	if dp.steering != nil {
 		counters, _ := dp.steering.Counters()
 		st, _ := dp.steering.Status()
