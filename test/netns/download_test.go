@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -80,7 +81,9 @@ func TestDownloadAfterSYNData(t *testing.T) {
 			t.Logf("download %d of %d bytes: %v", i, size, took.Round(100*time.Microsecond))
 		}
 	}
-	drops := e.clientNetstat(t)["MPTcpExtNoDSSInWindow"] - before["MPTcpExtNoDSSInWindow"]
+	after := e.clientNetstat(t)
+	drops := after["MPTcpExtNoDSSInWindow"] - before["MPTcpExtNoDSSInWindow"]
+	logCounterDeltas(t, "client", before, after)
 	t.Logf("stalled %d/%d; client MPTcpExtNoDSSInWindow delta %d; bytes received on joined subflows %d", slow, len(sizes), drops, joined)
 	if drops != 0 {
 		t.Errorf("client dropped %d out-of-window MPTCP segments", drops)
@@ -183,6 +186,19 @@ func (e *env) clientNetstat(t *testing.T) map[string]uint64 {
 		t.Fatalf("client netstat: %v", err)
 	}
 	return out
+}
+
+// logCounterDeltas logs the MPTCP and TCP counters that moved.
+func logCounterDeltas(t *testing.T, who string, before, after map[string]uint64) {
+	t.Helper()
+	var moved []string
+	for k, v := range after {
+		if d := v - before[k]; d != 0 && (strings.HasPrefix(k, "MPTcpExt") || strings.HasPrefix(k, "TcpExt")) {
+			moved = append(moved, fmt.Sprintf("%s=%d", k, d))
+		}
+	}
+	slices.Sort(moved)
+	t.Logf("%s counters that moved: %s", who, strings.Join(moved, " "))
 }
 
 // parseNetstat reads the pairs of lines of /proc/net/netstat ("Prefix:
