@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,7 +44,8 @@ const (
 // clamp is off, to see the kernel fault (it is expected to fail then).
 func TestDownloadAfterSYNData(t *testing.T) {
 	e := newEnv(t)
-	args := []string{}
+	control := filepath.Join(t.TempDir(), "control.sock")
+	args := []string{"--control", control}
 	if g := os.Getenv("CONVERTER_TFO_WINDOW_CLAMP"); g != "" {
 		args = append(args, "--tfo-window-clamp", g)
 	}
@@ -90,6 +92,11 @@ func TestDownloadAfterSYNData(t *testing.T) {
 	}
 	if joined < 16<<10 {
 		t.Errorf("the joined subflows carried %d bytes in all: the second path was not used", joined)
+	}
+	clamp, _ := bpfStatusAt(t, control)["synwin_counters"].(map[string]any)
+	t.Logf("synwin counters: %v", clamp)
+	if n, _ := clamp["clamped"].(float64); os.Getenv("CONVERTER_TFO_WINDOW_CLAMP") != "off" && int(n) < len(sizes) {
+		t.Errorf("the clamp lowered %v Convert SYN windows, want one per download (%d)", n, len(sizes))
 	}
 	if recs := conv.records("tfo window clamp"); len(recs) != 1 {
 		t.Errorf("the converter logged the clamp decision %d times, want once: %v", len(recs), recs)

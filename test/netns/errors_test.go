@@ -264,7 +264,6 @@ func echoSessionWith(e *env, o client.Options, seed uint64, size int64) error {
 		return err
 	}
 	defer c.Close()
-	avoidTFOStall(c.TCPConn)
 	r := exchange(c.TCPConn, seed, size)
 	if r.err != nil || r.got != size || r.gotDigest != streamDigest(seed, size) {
 		return fmt.Errorf("echo of %d bytes: got %d, %v", size, r.got, r.err)

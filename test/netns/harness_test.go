@@ -308,14 +308,4 @@ func serveExchange(l *net.TCPListener, seed uint64, n int64) <-chan result {
 	return out
 }
 
-// avoidTFOStall fixes the client socket's buffers. On Linux 6.18 an MPTCP
-// client that opened with TCP Fast Open data stalls under simultaneous
-// traffic both ways while its buffers autotune (measured end to end without
-// any converter: 64 MiB each way took 60 s instead of 0.13 s); fixed
-// buffers avoid it. This is the client's kernel, not the converter.
-func avoidTFOStall(c *net.TCPConn) {
-	c.SetReadBuffer(4 << 20)
-	c.SetWriteBuffer(4 << 20)
-}
-
 func errorsAs(err error, target any) bool { return errors.As(err, target) }

@@ -39,7 +39,13 @@ func newTransparentEnv(t *testing.T, extra ...string) *transparentEnv {
 
 func (e *transparentEnv) bpfStatus(t *testing.T) map[string]any {
 	t.Helper()
-	out, err := exec.Command(converterBin, "bpf", "status", "--json", "--control", e.control).Output()
+	return bpfStatusAt(t, e.control)
+}
+
+// bpfStatusAt runs `converter bpf status --json` against a control socket.
+func bpfStatusAt(t *testing.T, control string) map[string]any {
+	t.Helper()
+	out, err := exec.Command(converterBin, "bpf", "status", "--json", "--control", control).Output()
 	if err != nil {
 		t.Fatalf("bpf status: %v", err)
 	}
@@ -257,13 +263,21 @@ func TestTransparentExactExtendedHeader(t *testing.T) {
 func TestTransparentStopCleansUp(t *testing.T) {
 	e := newTransparentEnv(t)
 	st := e.bpfStatus(t)
-	prog := uint32(st["steering"].(map[string]any)["ProgramID"].(float64))
+	progs := map[uint32]string{}
+	for _, name := range []string{"steering", "synwin"} {
+		if p, ok := st[name].(map[string]any); ok {
+			progs[uint32(p["ProgramID"].(float64))] = name
+		}
+	}
+	if len(progs) != 2 {
+		t.Fatalf("bpf status shows %v, want the steering and synwin programs", progs)
+	}
 	e.conv.stop(t)
 	it := new(link.Iterator)
 	defer it.Close()
 	for it.Next() {
-		if info, err := it.Take().Info(); err == nil && uint32(info.Program) == prog {
-			t.Errorf("a link of the steering program survived: %+v", info)
+		if info, err := it.Take().Info(); err == nil && progs[uint32(info.Program)] != "" {
+			t.Errorf("a link of the %s program survived: %+v", progs[uint32(info.Program)], info)
 		}
 	}
 	for _, args := range [][]string{{"-4", "rule"}, {"-6", "rule"}, {"-4", "route", "show", "table", "all"}, {"-6", "route", "show", "table", "all"}} {
