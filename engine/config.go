@@ -42,6 +42,12 @@ type Config struct {
 	AllowClients []netip.Prefix
 	// Deny lists destination prefixes refused with Not Authorized.
 	Deny []netip.Prefix
+	// AllowDestinations opens special-purpose ranges (private, shared,
+	// link-local, documentation...: addrpolicy.SpecialRanges), which are
+	// refused with Not Authorized by default. Destinations that this
+	// host's routing table delivers locally, or broadcasts or multicasts,
+	// stay refused whatever this says.
+	AllowDestinations []netip.Prefix
 
 	// MaxSessions caps the sessions in progress (pending and relaying).
 	MaxSessions int
@@ -145,9 +151,9 @@ type JoinSteering interface {
 	AddListenerPort(port uint16) error
 }
 
-// SynAckSource gives the TCP options of the SYN+ACK that remote sent to
-// the local port of a server leg.
+// SynAckSource gives the TCP options of the SYN+ACK that answered a server
+// leg, by the leg's 4-tuple: local (getsockname) and remote (getpeername).
 type SynAckSource interface {
-	Lookup(remote netip.AddrPort, localPort uint16) ([]byte, bool)
-	Delete(remote netip.AddrPort, localPort uint16) error
+	Lookup(local, remote netip.AddrPort) ([]byte, bool)
+	Delete(local, remote netip.AddrPort) error
 }

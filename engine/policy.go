@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/convert-tc/converter/internal/addrpolicy"
 	"github.com/convert-tc/converter/tlv"
 )
 
@@ -56,12 +57,20 @@ func (s *Server) authorize(m *tlv.Message, client netip.Addr) *refusal {
 	if contains(s.cfg.Deny, c.Addr) {
 		return refuse(tlv.CodeNotAuthorized, nil, "destination %s denied", c.Addr)
 	}
+	if rg, ok := addrpolicy.Special(c.Addr); ok && !contains(s.cfg.AllowDestinations, c.Addr) {
+		return refuse(tlv.CodeNotAuthorized, nil, "destination %s is special-purpose: %s, %s (--allow-destinations opens it)", c.Addr, rg.Name, rg.Ref)
+	}
 	if s.cfg.NAT != nil && !s.cfg.Hairpin && s.cfg.NAT.Contains(c.Addr) {
 		return refuse(tlv.CodeNotAuthorized, nil, "destination %s is in the shared pool and hairpinning is off", c.Addr)
 	}
 	if s.own.has(c.Addr) {
 		// Never connect to ourselves: that loops through the converter.
 		return refuse(tlv.CodeNotAuthorized, nil, "destination %s is the converter's own address", c.Addr)
+	}
+	// The pool prefix, AnyIP routes and anything else this host answers
+	// for are ways into the host's own services.
+	if kind := s.routes.Kind(c.Addr); kind != addrpolicy.RouteUnicast {
+		return refuse(tlv.CodeNotAuthorized, nil, "destination %s is routed %s on the converter", c.Addr, kind)
 	}
 	return nil
 }

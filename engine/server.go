@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/convert-tc/converter/internal/addrpolicy"
 	"github.com/convert-tc/converter/nat"
 	sessions "github.com/convert-tc/converter/session"
 	"github.com/convert-tc/converter/sockinfo"
@@ -24,6 +25,7 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	own     ownAddrs
+	routes  *addrpolicy.Routes
 	pending pendingCounts
 	active  atomic.Int64
 	nextID  atomic.Uint64
@@ -46,7 +48,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("converter config: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), buffers: newBufferPool()}
+	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes()}
 	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
 	return s, nil
 }
@@ -399,8 +401,8 @@ func (s *Server) releaseMapping(sess *session) {
 func (s *Server) synAckOptions(server *net.TCPConn, dest netip.AddrPort) (opts []byte, synthesized bool) {
 	if s.cfg.SynAcks != nil {
 		local := unmapAddrPort(server.LocalAddr())
-		if b, ok := s.cfg.SynAcks.Lookup(dest, local.Port()); ok {
-			s.cfg.SynAcks.Delete(dest, local.Port())
+		if b, ok := s.cfg.SynAcks.Lookup(local, dest); ok {
+			s.cfg.SynAcks.Delete(local, dest)
 			return b, false
 		}
 		s.stats.synAckMissed.Add(1)

@@ -30,7 +30,7 @@ say "lab $PREFIX: client (two paths) -> converter -> server"
 "$BIN" lab status --prefix "$PREFIX" | sed 's/^/   /'
 
 say "converter in $CONV listening on [::]:5124; bench server in $SRV on 10.201.3.2:9000"
-ip netns exec "$CONV" "$BIN" run --listen '[::]:5124' --control "$CONTROL" --log-level warn &
+ip netns exec "$CONV" "$BIN" run --listen '[::]:5124' --allow-destinations 10.201.0.0/16 --allow-destinations fd01::/16 --control "$CONTROL" --log-level warn &
 pids+=($!)
 ip netns exec "$SRV" "$BIN" bench --serve 10.201.3.2:9000 &
 pids+=($!)

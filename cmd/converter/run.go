@@ -16,6 +16,7 @@ import (
 	"github.com/convert-tc/converter/control"
 	"github.com/convert-tc/converter/cookie"
 	"github.com/convert-tc/converter/engine"
+	"github.com/convert-tc/converter/internal/addrpolicy"
 	"github.com/convert-tc/converter/internal/mptcpevents"
 	"github.com/convert-tc/converter/internal/tfowindow"
 )
@@ -31,6 +32,7 @@ func runCommand(io stdio) *cli.Command {
 			&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice(engine.DefaultListen), Usage: "address:port to listen on (repeatable); [::] is dual stack"},
 			&cli.StringFlag{Name: "cookie-secret", Usage: "file with the cookie secret (hex; a second line holds the previous secret during a rotation); turns on cookie mode"},
 			&cli.StringSliceFlag{Name: "deny", Usage: "destination `CIDR` refused with Not Authorized (repeatable)"},
+			&cli.StringSliceFlag{Name: "allow-destinations", Usage: "special-purpose destination `CIDR` to open (repeatable): private, shared, link-local, documentation and other special ranges are refused by default"},
 			&cli.StringSliceFlag{Name: "allow-clients", Usage: "client `CIDR` allowed to use the converter (repeatable; default: every client)"},
 			&cli.IntFlag{Name: "max-sessions", Value: 100000, Usage: "sessions in progress at most; beyond it Resource Exceeded"},
 			&cli.IntFlag{Name: "max-pending-per-client", Value: 256, Usage: "sessions of one client address still being set up, at most"},
@@ -125,6 +127,9 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 	if cfg.AllowClients, err = prefixes(c.StringSlice("allow-clients")); err != nil {
 		return cfg, usageError("--allow-clients: %v", err)
 	}
+	if cfg.AllowDestinations, err = prefixes(c.StringSlice("allow-destinations")); err != nil {
+		return cfg, usageError("--allow-destinations: %v", err)
+	}
 	if path := c.String("cookie-secret"); path != "" {
 		if cfg.Cookies, err = cookie.Load(path); err != nil {
 			return cfg, usageError("--cookie-secret: %v", err)
@@ -134,6 +139,8 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 }
 
 // prefixes parses CIDRs; a bare address is a single-address prefix.
+// IPv4-mapped forms are unmapped (::ffff:10.0.0.0/104 is 10.0.0.0/8), as
+// addresses are before they are matched.
 func prefixes(ss []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, s := range ss {
@@ -149,7 +156,7 @@ func prefixes(ss []string) ([]netip.Prefix, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, p.Masked())
+		out = append(out, addrpolicy.UnmapPrefix(p))
 	}
 	return out, nil
 }

@@ -119,7 +119,10 @@ func TestErrorCodes(t *testing.T) {
 	secretFile := filepath.Join(t.TempDir(), "cookie-secret")
 	os.WriteFile(secretFile, []byte(hex.EncodeToString(secret)+"\n"), 0o600)
 
-	main := e.startConverter("--listen", "[::]:5124", "--deny", "10.201.3.77/32", "--deny", "fd01:3::77")
+	// The documentation ranges stand for servers without a route, and
+	// 192.0.2.0/24 for the servers of the protocol's test vectors.
+	main := e.startConverter(append([]string{"--listen", "[::]:5124", "--deny", "10.201.3.77/32", "--deny", "fd01:3::77",
+		"--allow-destinations", "203.0.113.0/24", "--allow-destinations", "2001:db8::/32", "--allow-destinations", "192.0.2.0/24"}, labDestinations...)...)
 	e.startConverter("--listen", "[::]:5125", "--cookie-secret", secretFile)
 	e.startConverter("--listen", "[::]:5126", "--max-sessions", "1", "--backoff", "7")
 	e.startConverter("--listen", "[::]:5127", "--max-pending-per-client", "1", "--backoff", "9")

@@ -81,6 +81,9 @@ func (e *env) clientNS() string    { return e.lab.NS(lab.RoleClient) }
 func (e *env) converterNS() string { return e.lab.NS(lab.RoleConverter) }
 func (e *env) serverNS() string    { return e.lab.NS(lab.RoleServer) }
 
+// labDestinations opens the lab's own private ranges on a converter.
+var labDestinations = []string{"--allow-destinations", "10.201.0.0/16", "--allow-destinations", "fd01::/16"}
+
 // converterProc is a running `converter run` and its JSON log records.
 type converterProc struct {
 	stopOnce sync.Once
@@ -101,6 +104,11 @@ func (e *env) startConverter(args ...string) *converterProc {
 		}
 	}
 	listens = max(listens, 1)
+	if !slices.Contains(args, "--allow-destinations") {
+		// The lab's addresses are private (10/8, fc00::/7): refused by
+		// default, so every lab converter opens them.
+		args = append(args, labDestinations...)
+	}
 	if !slices.Contains(args, "--control") {
 		// The control socket lives in the file system, which all labs
 		// share: give each converter its own.
