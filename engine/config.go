@@ -51,9 +51,18 @@ type Config struct {
 
 	// MaxSessions caps the sessions in progress (pending and relaying).
 	MaxSessions int
-	// MaxPendingPerClient caps the sessions of one Client address that
-	// have not reached the relay yet (RFC 8803 §9.3).
-	MaxPendingPerClient int
+	// MaxPendingPerClient caps the sessions of one client that have not
+	// reached the relay yet (RFC 8803 §9.3); MaxSessionsPerClient all of
+	// its sessions; MaxHandshakes the sessions of every client that have
+	// not reached the relay. RatePerClient caps the new sessions of one
+	// client per second (RFC 6888 REQ-4c), a negative value turns it
+	// off. A client is an IPv4 address or an IPv6 prefix of
+	// ClientPrefixV6 bits, also for NAT pairing.
+	MaxPendingPerClient  int
+	MaxSessionsPerClient int
+	MaxHandshakes        int
+	RatePerClient        int
+	ClientPrefixV6       int
 	// Backoff is the delay in seconds suggested with Resource Exceeded
 	// (0 means the protocol default of at least 30 s).
 	Backoff uint8
@@ -117,7 +126,22 @@ func (c Config) WithDefaults() Config {
 		c.MaxSessions = 100000
 	}
 	if c.MaxPendingPerClient == 0 {
-		c.MaxPendingPerClient = 256
+		c.MaxPendingPerClient = DefaultMaxPendingPerClient
+	}
+	if c.MaxSessionsPerClient == 0 {
+		c.MaxSessionsPerClient = DefaultMaxSessionsPerClient
+	}
+	if c.MaxHandshakes == 0 {
+		c.MaxHandshakes = DefaultMaxHandshakes
+	}
+	switch {
+	case c.RatePerClient == 0:
+		c.RatePerClient = DefaultRatePerClient
+	case c.RatePerClient < 0:
+		c.RatePerClient = 0 // no rate limit
+	}
+	if c.ClientPrefixV6 == 0 {
+		c.ClientPrefixV6 = DefaultClientPrefixV6
 	}
 	if c.SupportedOptions == nil {
 		c.SupportedOptions = tlv.ReferenceOptions
@@ -133,8 +157,11 @@ func (c Config) WithDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if c.MaxSessions < 0 || c.MaxPendingPerClient < 0 {
+	if c.MaxSessions < 0 || c.MaxPendingPerClient < 0 || c.MaxSessionsPerClient < 0 || c.MaxHandshakes < 0 {
 		return errors.New("session limits must not be negative")
+	}
+	if c.ClientPrefixV6 < 1 || c.ClientPrefixV6 > 128 {
+		return fmt.Errorf("IPv6 client prefix /%d: want 1 to 128", c.ClientPrefixV6)
 	}
 	for _, d := range []time.Duration{c.HandshakeTimeout, c.DialTimeout, c.DrainTimeout, c.IdleTimeout} {
 		if d < 0 {

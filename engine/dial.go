@@ -37,6 +37,15 @@ func dialServer(ctx context.Context, dest, source netip.AddrPort, transparent, m
 	if source.IsValid() {
 		opts = append(opts, sockopt{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"})
 	}
+	if source.IsValid() && !transparent {
+		// A pool address is routed local but assigned to no interface:
+		// IPv4 binds to such an address (AnyIP), IPv6 only with freebind.
+		if dest.Addr().Is4() {
+			opts = append(opts, sockopt{unix.SOL_IP, unix.IP_FREEBIND, 1, "IP_FREEBIND"})
+		} else {
+			opts = append(opts, sockopt{unix.SOL_IPV6, unix.IPV6_FREEBIND, 1, "IPV6_FREEBIND"})
+		}
+	}
 	if transparent { // bind to an address that is not ours: the client's
 		if dest.Addr().Is4() {
 			opts = append(opts, sockopt{unix.SOL_IP, unix.IP_TRANSPARENT, 1, "IP_TRANSPARENT"})

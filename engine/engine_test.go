@@ -83,23 +83,6 @@ func TestSuccessReplies(t *testing.T) {
 	}
 }
 
-func TestPendingCounts(t *testing.T) {
-	var p pendingCounts
-	a := netip.MustParseAddr("10.0.0.1")
-	if !p.take(a, 2) || !p.take(a, 2) || p.take(a, 2) {
-		t.Fatal("limit of 2 not enforced")
-	}
-	p.release(a)
-	if !p.take(a, 2) {
-		t.Fatal("released slot not reusable")
-	}
-	p.release(a)
-	p.release(a)
-	if len(p.n) != 0 {
-		t.Fatalf("counts left behind: %v", p.n)
-	}
-}
-
 func TestRefusalFromParse(t *testing.T) {
 	var m tlv.Message
 	_, err := tlv.ParseRequest([]byte{1, 0, 0x22, 0x63}, &m)

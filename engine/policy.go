@@ -12,8 +12,7 @@ import (
 
 // admit applies the policy steps of the validation order (spec §7): 9 the
 // cookie, 10 the destination, 11 authorisation, 12 the TCP options, 13 the
-// resources. On success the caller holds a pending slot for the Client and
-// must release it.
+// resources (the per-client ones were taken at accept).
 func (s *Server) admit(m *tlv.Message, client netip.Addr) *refusal {
 	if r := s.checkCookie(m, client); r != nil {
 		return r
@@ -27,7 +26,7 @@ func (s *Server) admit(m *tlv.Message, client netip.Addr) *refusal {
 	if err := m.CheckConnectOptions(s.cfg.SupportedOptions); err != nil {
 		return fromParse(err)
 	}
-	return s.reserve(client)
+	return s.reserve()
 }
 
 func (s *Server) checkCookie(m *tlv.Message, client netip.Addr) *refusal {
@@ -85,47 +84,13 @@ func contains(ps []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
-// reserve takes a pending slot for client, or refuses with Resource
-// Exceeded when the Client or the converter is at its limit.
-func (s *Server) reserve(client netip.Addr) *refusal {
-	backoff := []byte{s.cfg.Backoff}
+// reserve refuses with Resource Exceeded when the converter is at its
+// session limit.
+func (s *Server) reserve() *refusal {
 	if n := s.active.Load(); n > int64(s.cfg.MaxSessions) {
-		return refuse(tlv.CodeResourceExceeded, backoff, "%d sessions, limit %d", n, s.cfg.MaxSessions)
-	}
-	if !s.pending.take(client, s.cfg.MaxPendingPerClient) {
-		return refuse(tlv.CodeResourceExceeded, backoff, "client %s has %d pending sessions", client, s.cfg.MaxPendingPerClient)
+		return refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "%d sessions, limit %d", n, s.cfg.MaxSessions)
 	}
 	return nil
-}
-
-// pendingCounts counts, per Client address, the sessions between accept
-// and the start of the relay.
-type pendingCounts struct {
-	mu sync.Mutex
-	n  map[netip.Addr]int
-}
-
-func (p *pendingCounts) take(a netip.Addr, limit int) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.n == nil {
-		p.n = make(map[netip.Addr]int)
-	}
-	if p.n[a] >= limit {
-		return false
-	}
-	p.n[a]++
-	return true
-}
-
-func (p *pendingCounts) release(a netip.Addr) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.n[a] <= 1 {
-		delete(p.n, a)
-		return
-	}
-	p.n[a]--
 }
 
 // ownAddrs is the set of this host's addresses, refreshed now and then so

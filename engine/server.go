@@ -26,7 +26,7 @@ type Server struct {
 	log     *slog.Logger
 	own     ownAddrs
 	routes  *addrpolicy.Routes
-	pending pendingCounts
+	clients *clientTable
 	active  atomic.Int64
 	nextID  atomic.Uint64
 	stats   counters
@@ -48,7 +48,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("converter config: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes()}
+	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg)}
 	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
 	return s, nil
 }
@@ -221,6 +221,15 @@ const readBufLen = 4096
 func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	s.active.Add(1)
 	defer s.active.Add(-1)
+	// The per-client limits come first, before anything is allocated
+	// for the connection.
+	key := s.clientKey(unmapAddrPort(c.RemoteAddr()).Addr())
+	if err := s.clients.arrive(key); err != nil {
+		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "%v", err))
+		return
+	}
+	pendingHeld := true
+	defer func() { s.clients.leave(key, pendingHeld) }()
 	sess := s.newSession(c)
 	s.track(sess)
 	defer s.untrack(sess)
@@ -244,17 +253,8 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	defer freeBuf()
 	var m tlv.Message
 	n, got, r := s.readRequest(c, bufp[:], &m)
-	pendingHeld := false
-	releasePending := func() {
-		if pendingHeld {
-			pendingHeld = false
-			s.pending.release(sess.clientAddr.Addr())
-		}
-	}
-	defer releasePending()
 	if r == nil {
 		r = s.admit(&m, sess.clientAddr.Addr())
-		pendingHeld = r == nil
 	}
 	if r != nil {
 		s.finishRefused(sess, r)
@@ -284,7 +284,8 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 		s.logEnd(sess)
 		return
 	}
-	releasePending()
+	s.clients.established(key)
+	pendingHeld = false
 	s.stats.converted.Add(1)
 	if sess.entry != nil {
 		sess.entry.SetState(sessions.StateEstablished)
@@ -367,7 +368,8 @@ func (s *Server) sourceFor(sess *session) (netip.AddrPort, *refusal) {
 	if s.cfg.NAT == nil {
 		return netip.AddrPort{}, nil
 	}
-	m, err := s.cfg.NAT.Allocate(sess.clientAddr.Addr(), nat.FamilyOf(sess.dest.Addr()))
+	// Paired pooling per subscriber: an IPv6 client is its prefix.
+	m, err := s.cfg.NAT.Allocate(s.clientKey(sess.clientAddr.Addr()).Addr(), nat.FamilyOf(sess.dest.Addr()))
 	switch {
 	case errors.Is(err, nat.ErrExhausted):
 		return netip.AddrPort{}, refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "address pool: %v", err)
@@ -442,6 +444,15 @@ func (s *Server) runRelay(sess *session) {
 	sess.client.Close()
 	sess.server.Close()
 	s.logEnd(sess)
+}
+
+// refuseAtAccept answers a connection refused before it became a
+// session: counted and logged like any refusal, no session record.
+func (s *Server) refuseAtAccept(c *net.TCPConn, r *refusal) {
+	s.stats.refusal(r)
+	s.log.Info("refused", "client", unmapAddrPort(c.RemoteAddr()).String(), "action", r.action.String(),
+		"reason", r.reason, "code", int(r.code), "error", r.code.String())
+	closeWithError(c, r.reply, s.cfg.DrainTimeout)
 }
 
 func (s *Server) finishRefused(sess *session, r *refusal) {

@@ -35,7 +35,11 @@ func runCommand(io stdio) *cli.Command {
 			&cli.StringSliceFlag{Name: "allow-destinations", Usage: "special-purpose destination `CIDR` to open (repeatable): private, shared, link-local, documentation and other special ranges are refused by default"},
 			&cli.StringSliceFlag{Name: "allow-clients", Usage: "client `CIDR` allowed to use the converter (repeatable; default: every client)"},
 			&cli.IntFlag{Name: "max-sessions", Value: 100000, Usage: "sessions in progress at most; beyond it Resource Exceeded"},
-			&cli.IntFlag{Name: "max-pending-per-client", Value: 256, Usage: "sessions of one client address still being set up, at most"},
+			&cli.IntFlag{Name: "max-pending-per-client", Value: engine.DefaultMaxPendingPerClient, Usage: "sessions of one client still being set up, at most"},
+			&cli.IntFlag{Name: "max-sessions-per-client", Value: engine.DefaultMaxSessionsPerClient, Usage: "sessions of one client, at most"},
+			&cli.IntFlag{Name: "max-handshakes", Value: engine.DefaultMaxHandshakes, Usage: "connections of all clients still being set up, at most"},
+			&cli.IntFlag{Name: "rate-per-client", Value: engine.DefaultRatePerClient, Usage: "new sessions of one client per second (token bucket as deep as the rate); 0: no limit"},
+			&cli.IntFlag{Name: "client-prefix-v6", Value: engine.DefaultClientPrefixV6, Usage: "an IPv6 client is its /N prefix for every per-client limit and for NAT pairing"},
 			&cli.UintFlag{Name: "backoff", Value: 30, Usage: "seconds a refused client is asked to wait (Resource Exceeded; 0 = protocol default)"},
 			&cli.DurationFlag{Name: "handshake-timeout", Value: 3 * time.Second, Usage: "wait for the Convert message and the client handshake"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: 5 * time.Second, Usage: "server-leg connect timeout (then Network Failure)"},
@@ -107,13 +111,20 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 		return engine.Config{}, usageError("--log-level: %v", err)
 	}
 	cfg := engine.Config{
-		Listen:              c.StringSlice("listen"),
-		HandshakeTimeout:    c.Duration("handshake-timeout"),
-		DialTimeout:         c.Duration("dial-timeout"),
-		IdleTimeout:         c.Duration("idle-timeout"),
-		MaxSessions:         c.Int("max-sessions"),
-		MaxPendingPerClient: c.Int("max-pending-per-client"),
-		Logger:              slog.New(slog.NewJSONHandler(io.err, &slog.HandlerOptions{Level: level})),
+		Listen:               c.StringSlice("listen"),
+		HandshakeTimeout:     c.Duration("handshake-timeout"),
+		DialTimeout:          c.Duration("dial-timeout"),
+		IdleTimeout:          c.Duration("idle-timeout"),
+		MaxSessions:          c.Int("max-sessions"),
+		MaxPendingPerClient:  c.Int("max-pending-per-client"),
+		MaxSessionsPerClient: c.Int("max-sessions-per-client"),
+		MaxHandshakes:        c.Int("max-handshakes"),
+		RatePerClient:        c.Int("rate-per-client"),
+		ClientPrefixV6:       c.Int("client-prefix-v6"),
+		Logger:               slog.New(slog.NewJSONHandler(io.err, &slog.HandlerOptions{Level: level})),
+	}
+	if cfg.RatePerClient == 0 {
+		cfg.RatePerClient = -1 // engine.Config: negative turns the limit off
 	}
 	if b := c.Uint("backoff"); b > 255 {
 		return cfg, usageError("--backoff %d: at most 255 seconds", b)

@@ -1,0 +1,198 @@
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/convert-tc/converter/client"
+	"github.com/convert-tc/converter/tlv"
+)
+
+// The attacker's suite: a subscriber who tries to use the converter as an
+// open proxy, to reach the converter's own host, or to take more than its
+// share. Each attack must get the RFC's answer and cost nobody else.
+
+// hostListener listens on every address of the converter's namespace and
+// counts what it accepts: a stand-in for sshd on the converter host.
+func (e *env) hostListener(t *testing.T, port int) *atomic.Int64 {
+	t.Helper()
+	var accepted atomic.Int64
+	l := e.listen(e.converterNS(), fmt.Sprintf("[::]:%d", port), false) // dual stack
+	go func() {
+		for {
+			c, err := l.AcceptTCP()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	return &accepted
+}
+
+// convertFrom opens a Convert connection from a chosen client address and
+// returns the Error code the converter answered with, or -1 on success
+// (the connection then stays open until the test ends).
+func (e *env) convertFrom(t *testing.T, local netip.Addr, via, dest netip.AddrPort) int {
+	t.Helper()
+	c, err := e.convert(client.Options{Via: via, Dest: dest, MPTCP: true, Local: local}, nil)
+	var ce *client.Error
+	switch {
+	case err == nil:
+		return -1
+	case errors.As(err, &ce):
+		return int(ce.Code)
+	}
+	t.Fatalf("convert %v via %v from %v: %v", dest, via, local, err)
+	_ = c
+	return 0
+}
+
+// TestAttackDestinations: every way to name a destination the converter
+// must not reach gets Not Authorized (Malformed Message for loopback and
+// multicast, as the protocol says), and nothing reaches a service on the
+// converter host.
+func TestAttackDestinations(t *testing.T) {
+	e := newEnv(t)
+	e.startConverter(append([]string{"--nat", "share", "--pool", "10.201.100.0/29", "--hairpin"}, labDestinations...)...)
+	accepted := e.hostListener(t, 2222)
+	// A session that holds a pool mapping, for the hairpin attempt.
+	l := e.listen(e.serverNS(), "10.201.3.2:8070", false)
+	seen := serverSeesPeer(l)
+	held, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8070"), MPTCP: true}, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.CloseWrite()
+	mapped := netip.MustParseAddrPort((<-seen)[0])
+
+	attacks := []struct {
+		what string
+		dest string
+		want tlv.ErrorCode
+	}{
+		{"the converter's own address", "10.201.1.1:2222", tlv.CodeNotAuthorized},
+		{"its own address, IPv4-mapped", "[::ffff:10.201.1.1]:2222", tlv.CodeNotAuthorized},
+		{"its server-side address", "10.201.3.1:2222", tlv.CodeNotAuthorized},
+		{"its own IPv6 address", "[fd01:1::1]:2222", tlv.CodeNotAuthorized},
+		{"its own Convert port", "10.201.1.1:5124", tlv.CodeNotAuthorized},
+		{"an unassigned pool address", "10.201.100.5:2222", tlv.CodeNotAuthorized},
+		{"the pool's network address", "10.201.100.0:2222", tlv.CodeNotAuthorized},
+		{"a hairpin to a mapped pool address", mapped.String(), tlv.CodeNotAuthorized},
+		{"the server subnet's broadcast", "10.201.3.255:2222", tlv.CodeNotAuthorized},
+		{"loopback", "127.0.0.1:2222", tlv.CodeMalformedMessage},
+		{"loopback, IPv4-mapped", "[::ffff:127.0.0.1]:2222", tlv.CodeMalformedMessage},
+		{"IPv6 loopback", "[::1]:2222", tlv.CodeMalformedMessage},
+		{"cloud metadata", "169.254.169.254:80", tlv.CodeNotAuthorized},
+		{"cloud metadata, IPv4-mapped", "[::ffff:169.254.169.254]:80", tlv.CodeNotAuthorized},
+		{"cloud metadata through NAT64", "[64:ff9b::a9fe:a9fe]:80", tlv.CodeNotAuthorized},
+		{"cloud metadata through the local-use NAT64 prefix", "[64:ff9b:1::a9fe:a9fe]:80", tlv.CodeNotAuthorized},
+		{"private 192.168/16", "192.168.1.1:80", tlv.CodeNotAuthorized},
+		{"private 172.16/12", "172.16.0.1:80", tlv.CodeNotAuthorized},
+		{"private 10/8 outside the lab", "10.9.9.9:80", tlv.CodeNotAuthorized},
+		{"shared 100.64/10", "100.64.0.1:80", tlv.CodeNotAuthorized},
+		{"ULA outside the lab", "[fd00::1]:80", tlv.CodeNotAuthorized},
+		{"IPv6 link-local", "[fe80::1]:80", tlv.CodeNotAuthorized},
+		{"this network", "0.0.0.1:80", tlv.CodeNotAuthorized},
+		{"reserved 240/4", "240.0.0.1:80", tlv.CodeNotAuthorized},
+		{"a 6to4 form of a private address", "[2002:a00:1::1]:80", tlv.CodeNotAuthorized},
+	}
+	for _, a := range attacks {
+		req, err := client.Options{Dest: netip.MustParseAddrPort(a.dest)}.Request()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := e.rawExchange(e.via4(), req, false)
+		if err != nil {
+			t.Errorf("%s (%s): %v", a.what, a.dest, err)
+			continue
+		}
+		var m tlv.Message
+		if _, perr := tlv.ParseReply(r, &m); perr != nil {
+			t.Errorf("%s (%s): reply %x: %v", a.what, a.dest, r, perr)
+			continue
+		}
+		got, ok := m.Error()
+		if !ok || got.Code != a.want {
+			t.Errorf("%s (%s): reply %x, want Error %d (%s)", a.what, a.dest, r, a.want, a.want)
+			continue
+		}
+		t.Logf("%s (%s): %s", a.what, a.dest, got.Code)
+	}
+	time.Sleep(100 * time.Millisecond) // a connect in flight would have landed by now
+	if n := accepted.Load(); n != 0 {
+		t.Errorf("a service on the converter host accepted %d connections", n)
+	}
+}
+
+// TestAttackSessionCap: a client at its session cap is refused with
+// Resource Exceeded while another client still converts.
+func TestAttackSessionCap(t *testing.T) {
+	e := newEnv(t)
+	e.startConverter("--max-sessions-per-client", "3", "--backoff", "11")
+	echo(e.listen(e.serverNS(), "10.201.3.2:8071", false))
+	dest := netip.MustParseAddrPort("10.201.3.2:8071")
+	greedy, other := e.a.ClientPath1V4, e.a.ClientPath2V4
+	for i := range 3 {
+		if code := e.convertFrom(t, greedy, e.via4(), dest); code != -1 {
+			t.Fatalf("session %d of the greedy client: Error %d", i, code)
+		}
+	}
+	if code := e.convertFrom(t, greedy, e.via4(), dest); code != int(tlv.CodeResourceExceeded) {
+		t.Errorf("the greedy client's fourth session: Error %d, want %d", code, tlv.CodeResourceExceeded)
+	}
+	if code := e.convertFrom(t, other, e.via4(), dest); code != -1 {
+		t.Errorf("another client: Error %d, want a conversion", code)
+	}
+}
+
+// TestAttackIPv6Prefix: one subscriber's /64 holds many addresses; all of
+// them together are one client, for the session cap and for the pool, so
+// they cannot exhaust the pool for the next subscriber.
+func TestAttackIPv6Prefix(t *testing.T) {
+	e := newEnv(t)
+	// One block of 4 ports per client on a pool of 4 addresses.
+	e.startConverter("--nat", "share", "--pool", "fd01:100::/126", "--port-block", "4", "--max-blocks-per-client", "1")
+	echo(e.listen(e.serverNS(), "[fd01:3::2]:8072", false))
+	dest := netip.MustParseAddrPort("[fd01:3::2]:8072")
+	var locals []netip.Addr
+	for i := range 12 {
+		a := netip.MustParseAddr(fmt.Sprintf("fd01:1::%x", 0x1000+i))
+		run(t, e, e.clientNS(), "ip", "-6", "addr", "add", a.String()+"/64", "dev", "c1", "nodad")
+		locals = append(locals, a)
+	}
+	converted, refused := 0, 0
+	for _, a := range locals {
+		switch code := e.convertFrom(t, a, e.via6(), dest); code {
+		case -1:
+			converted++
+		case int(tlv.CodeResourceExceeded):
+			refused++
+		default:
+			t.Errorf("from %v: Error %d", a, code)
+		}
+	}
+	t.Logf("12 addresses of one /64: %d converted, %d refused", converted, refused)
+	if converted != 4 || refused != 8 {
+		t.Errorf("one /64 got %d sessions (want its one block of 4), %d refused", converted, refused)
+	}
+	if code := e.convertFrom(t, e.a.ClientPath2V6, e.via6(), dest); code != -1 {
+		t.Errorf("the next subscriber (another /64): Error %d, want a conversion", code)
+	}
+}
+
+// run runs a command in a lab namespace and fails the test on error.
+func run(t *testing.T, e *env, ns string, name string, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := e.lab.Command(ctx, ns, name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
