@@ -55,7 +55,18 @@
 // MappingLog writes one JSON line per port-block allocation and release
 // (RFC 6888 REQ-12, REQ-14): time, event, client, external address and
 // port range, and never a destination. Lines are queued on a buffered
-// channel and written by one goroutine; when the buffer is full the line
-// is dropped and counted (Dropped) rather than blocking the data path.
-// Reopen reopens the file by name, for log rotation on SIGHUP.
+// channel and written by one goroutine; queuing never blocks. A mapping
+// is never made unlogged: when the buffer is full (or the log closed) the
+// allocation that needs a new block is refused with an error wrapping
+// ErrLogFull (the engine answers Resource Exceeded), and an idle block
+// whose release line cannot be queued stays with its Client until a later
+// sweep can log it, so the log never shows a block held by two Clients.
+// Refusals are counted by reason (LogStats, Stats.RefusalsLogFull,
+// Stats.ReleasesDeferred). A write error keeps the unwritten lines and
+// retries them every second; meanwhile the writer takes no new lines, so
+// new blocks are refused once the buffer is full. The file is opened with
+// O_NOFOLLOW (a symbolic link there is refused) and created with mode
+// 0640. Reopen opens the file again by name, outside any lock the
+// allocation path takes, then switches the writer to it, for log rotation
+// on SIGHUP.
 package nat

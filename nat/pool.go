@@ -126,6 +126,11 @@ type Mapping struct {
 }
 
 // Stats is a snapshot of a Pool. Ports: Free + Used + Held == Total.
+// RefusalsLogFull counts allocations refused because the mapping log could
+// not take their line (ErrLogFull); ReleasesDeferred counts the times an
+// idle block stayed with its Client because the log could not take its
+// release line (the release is retried at the next sweep). Log holds the
+// mapping log's counters when there is one.
 type Stats struct {
 	Addresses   int `json:"addresses"`
 	TotalBlocks int `json:"total_blocks"`
@@ -145,7 +150,9 @@ type Stats struct {
 	RefusalsPoolFull    uint64        `json:"refusals_pool_full"`
 	RefusalsAddressFull uint64        `json:"refusals_address_full"`
 	RefusalsClientLimit uint64        `json:"refusals_client_limit"`
-	LogDropped          uint64        `json:"log_dropped"`
+	RefusalsLogFull     uint64        `json:"refusals_log_full"`
+	ReleasesDeferred    uint64        `json:"releases_deferred"`
+	Log                 *LogStats     `json:"log,omitempty"`
 	Clients             []ClientStats `json:"clients"`
 }
 
@@ -358,7 +365,9 @@ func (p *Pool) clock() int64 { return int64(p.now().Sub(p.epoch)) }
 
 // Allocate returns a new mapping for client toward a server of family
 // fam. It fails with an error wrapping ErrExhausted when the pool, the
-// Client's paired address or the Client's block budget is used up.
+// Client's paired address or the Client's block budget is used up, and
+// with one wrapping ErrLogFull when the mapping log cannot take the line
+// of the new block the mapping needs; either way nothing is allocated.
 func (p *Pool) Allocate(clientAddr netip.Addr, fam Family) (Mapping, error) {
 	if !clientAddr.IsValid() {
 		return Mapping{}, ErrBadClient
@@ -387,6 +396,9 @@ func (p *Pool) Allocate(clientAddr netip.Addr, fam Family) (Mapping, error) {
 		if c.ext.used >= p.nBlocks {
 			return Mapping{}, p.refuse(ErrAddressFull)
 		}
+		if err := p.logAlloc(c.ext, clientAddr, now); err != nil {
+			return Mapping{}, p.refuse(err)
+		}
 		b := p.assignBlock(c, now)
 		port, _ := p.takePort(b, now)
 		return p.mapped(c, b, port), nil
@@ -399,6 +411,9 @@ func (p *Pool) Allocate(clientAddr netip.Addr, fam Family) (Mapping, error) {
 	ext := (*h)[0]
 	if ext.used >= p.nBlocks {
 		return Mapping{}, p.refuse(ErrPoolFull)
+	}
+	if err := p.logAlloc(ext, clientAddr, now); err != nil {
+		return Mapping{}, p.refuse(err)
 	}
 	c = &client{key: key, ext: ext, blocks: make([]*block, 0, min(p.maxBlocks, 4))}
 	p.clients[key] = c
@@ -417,8 +432,24 @@ func (p *Pool) refuse(err error) error {
 		p.st.RefusalsAddressFull++
 	case ErrClientLimit:
 		p.st.RefusalsClientLimit++
+	default:
+		if errors.Is(err, ErrLogFull) {
+			p.st.RefusalsLogFull++
+		}
 	}
 	return err
+}
+
+// logAlloc queues the "alloc" line of the block assignBlock will give next
+// on ext, before anything changes: an allocation the log cannot take is
+// refused (RFC 6888 REQ-12), never made unlogged.
+func (p *Pool) logAlloc(ext *extAddr, client netip.Addr, now int64) error {
+	idx := uint16(ext.nextFresh)
+	if n := len(ext.freeIdx); n > 0 {
+		idx = ext.freeIdx[n-1]
+	}
+	first := p.portMin + idx*p.blockSize
+	return p.log.logBlock(p.epoch.Add(time.Duration(now)), EventAlloc, client, ext.ip, first, first+p.blockSize-1)
 }
 
 func (p *Pool) mapped(c *client, b *block, port uint16) Mapping {
@@ -428,7 +459,8 @@ func (p *Pool) mapped(c *client, b *block, port uint16) Mapping {
 	return Mapping{External: netip.AddrPortFrom(b.ext.ip, port), Client: c.key.addr}
 }
 
-// assignBlock gives c a free block of its paired address.
+// assignBlock gives c a free block of its paired address; logAlloc has
+// logged it.
 func (p *Pool) assignBlock(c *client, now int64) *block {
 	ext := c.ext
 	var idx uint16
@@ -469,7 +501,6 @@ func (p *Pool) assignBlock(c *client, now int64) *block {
 	heap.Fix(&p.heaps[famIdx(ext.fam)], ext.heapIdx)
 	p.st.UsedBlocks++
 	p.st.BlockAllocations++
-	p.log.logBlock(p.epoch.Add(time.Duration(now)), EventAlloc, c.key.addr, ext.ip, b.first, b.first+p.blockSize-1)
 	return b
 }
 
@@ -566,11 +597,15 @@ func (p *Pool) Sweep() {
 func (p *Pool) sweep(now int64) {
 	for p.drainHd < len(p.drain) && p.drain[p.drainHd].at <= now {
 		e := p.drain[p.drainHd]
+		if e.b.owner != nil && e.b.live == 0 && e.b.epoch == e.epoch && !p.freeBlock(e.b, now) {
+			// The log cannot take the release line: the block stays
+			// with its Client (never handed to another unlogged) and
+			// the entry stays first, retried at the next sweep.
+			p.st.ReleasesDeferred++
+			break
+		}
 		p.drain[p.drainHd] = drainEntry{}
 		p.drainHd++
-		if e.b.owner != nil && e.b.live == 0 && e.b.epoch == e.epoch {
-			p.freeBlock(e.b, now)
-		}
 	}
 	if p.drainHd == len(p.drain) {
 		p.drain, p.drainHd = p.drain[:0], 0
@@ -581,9 +616,14 @@ func (p *Pool) sweep(now int64) {
 	}
 }
 
-// freeBlock returns an idle block whose holds have all elapsed.
-func (p *Pool) freeBlock(b *block, now int64) {
+// freeBlock returns an idle block whose holds have all elapsed, once its
+// release line is queued; it reports false, changing nothing, when the log
+// cannot take the line.
+func (p *Pool) freeBlock(b *block, now int64) bool {
 	c, ext := b.owner, b.ext
+	if p.log.logBlock(p.epoch.Add(time.Duration(now)), EventRelease, c.key.addr, ext.ip, b.first, b.first+p.blockSize-1) != nil {
+		return false
+	}
 	p.held -= b.holdN
 	b.holdN, b.holdHead = 0, 0
 	b.owner = nil
@@ -606,7 +646,7 @@ func (p *Pool) freeBlock(b *block, now int64) {
 	heap.Fix(&p.heaps[famIdx(ext.fam)], ext.heapIdx)
 	p.st.UsedBlocks--
 	p.st.BlockReleases++
-	p.log.logBlock(p.epoch.Add(time.Duration(now)), EventRelease, c.key.addr, ext.ip, b.first, b.first+p.blockSize-1)
+	return true
 }
 
 // Stats returns a snapshot; Clients is sorted by client then family.
@@ -624,7 +664,10 @@ func (p *Pool) Stats() Stats {
 		})
 	}
 	p.mu.Unlock()
-	s.LogDropped = p.log.Dropped()
+	if p.log != nil {
+		ls := p.log.Stats()
+		s.Log = &ls
+	}
 	sort.Slice(s.Clients, func(i, j int) bool {
 		if c := s.Clients[i].Client.Compare(s.Clients[j].Client); c != 0 {
 			return c < 0

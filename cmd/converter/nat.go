@@ -97,9 +97,13 @@ func (a *addressing) maintain(ctx context.Context, log *slog.Logger) {
 			a.pool.Sweep()
 		case <-hup:
 			if a.log != nil {
-				if err := a.log.Reopen(); err != nil {
-					log.Error("reopen mapping log", "error", err.Error())
-				}
+				// Opening may be slow (a network file system): never
+				// in the way of the sweep.
+				go func() {
+					if err := a.log.Reopen(); err != nil {
+						log.Error("reopen mapping log", "error", err.Error())
+					}
+				}()
 			}
 		}
 	}
