@@ -7,10 +7,19 @@
 // One server serves every mode; the first byte a client sends selects what
 // the server does with the connection:
 //
-//   - 'T' (sink, throughput mode): the server reads and counts every byte up
+//   - 'T' (sink, throughput up): the server reads and counts every byte up
 //     to the client's half-close (the 'T' included), then answers with the
 //     count as an 8-byte big-endian integer and closes. The count is how the
 //     client knows that everything it sent arrived.
+//   - 'S' and an 8-byte big-endian count N (source, throughput down): the
+//     server writes N bytes, half-closes, and closes at the client's end of
+//     stream. The client reads to the end of stream and checks it got N.
+//   - 'B' and an 8-byte big-endian count N (both, throughput both ways):
+//     the client sends its bytes and half-closes while the server writes N
+//     bytes and counts what it reads (the 9-byte header excluded). Once it
+//     has written N bytes and read the client's end of stream, the server
+//     sends its count as 8 bytes and closes. The client reads N bytes, then
+//     the count.
 //   - 'E' (echo, connect mode): the request starts with a 4-byte header,
 //     'E' then the request's total length (header included) as a 24-bit
 //     big-endian integer. The server reads exactly that many bytes, writes
@@ -20,7 +29,7 @@
 // A connection that sends nothing (idle mode) is held open until the
 // client or the server goes away.
 //
-// The server closes first in both modes, and the client closes only once
+// The server closes first in every mode, and the client closes only once
 // it has read the server's end of stream. TIME_WAIT therefore lands on the
 // server side of every connection (on the listening port, where it costs no
 // ephemeral port) and not in the load generator's namespace, so a connect
@@ -37,8 +46,10 @@ import (
 
 // Operation bytes: the first byte of every connection.
 const (
-	opSink = 'T'
-	opEcho = 'E'
+	opSink   = 'T'
+	opSource = 'S'
+	opBoth   = 'B'
+	opEcho   = 'E'
 )
 
 // Echo request limits.
@@ -50,8 +61,12 @@ const (
 	MaxRequestSize = 1 << 20
 )
 
-// countLen is the size of the sink's answer.
+// countLen is the size of a count: the sink's answer, the byte count that
+// follows 'S' and 'B'.
 const countLen = 8
+
+// countHeaderLen is the size of the header of 'S' and 'B'.
+const countHeaderLen = 1 + countLen
 
 // newEchoRequest returns a request of size bytes: the header, then a
 // pattern that lets the client check the echo.
@@ -74,6 +89,14 @@ func putUint24(b []byte, v uint32) {
 
 func uint24(b []byte) uint32 {
 	return uint32(b[0])<<16 | uint32(b[1])<<8 | uint32(b[2])
+}
+
+// newCountHeader returns op followed by the count n.
+func newCountHeader(op byte, n uint64) []byte {
+	b := make([]byte, countHeaderLen)
+	b[0] = op
+	putCount(b[1:], n)
+	return b
 }
 
 func putCount(b []byte, n uint64) { binary.BigEndian.PutUint64(b, n) }

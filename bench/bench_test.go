@@ -158,14 +158,104 @@ func TestThroughput(t *testing.T) {
 				res.Seconds <= 0 || res.BitsPerSecond <= 0 || res.Route != "direct" {
 				t.Errorf("%d x %d bytes: %+v", tc.streams, tc.bytes, res)
 			}
-			if mptcp != (res.Subflows != nil) || res.MPTCP != mptcp {
-				t.Errorf("mptcp %v: result mptcp %v, subflows %v", mptcp, res.MPTCP, res.Subflows)
+			if res.Direction != Up || res.Up == nil || *res.Up != (Transfer{res.Bytes, res.Seconds, res.BitsPerSecond}) || res.Down != nil || res.SynData != nil {
+				t.Errorf("%d x %d bytes: direction %q, up %+v, down %+v, syn data %v; want up only, as the totals", tc.streams, tc.bytes, res.Direction, res.Up, res.Down, res.SynData)
 			}
-			if res.Subflows != nil && *res.Subflows < 1 {
-				t.Errorf("subflows %d, want at least the initial one", *res.Subflows)
+			checkSubflows(t, mptcp, res)
+		}
+	})
+}
+
+func checkSubflows(t *testing.T, mptcp bool, res ThroughputResult) {
+	t.Helper()
+	if mptcp != (res.Subflows != nil) || res.MPTCP != mptcp {
+		t.Errorf("mptcp %v: result mptcp %v, subflows %v", mptcp, res.MPTCP, res.Subflows)
+	}
+	if res.Subflows != nil && *res.Subflows < 1 {
+		t.Errorf("subflows %d, want at least the initial one", *res.Subflows)
+	}
+}
+
+func TestThroughputDirections(t *testing.T) {
+	forTransports(t, func(t *testing.T, mptcp bool) {
+		addr := startServer(t)
+		for _, dir := range []Direction{Down, Both} {
+			for _, tc := range []struct {
+				streams int
+				bytes   int64
+			}{{1, 1}, {1, 1000}, {1, 64<<20 + 12345}, {3, 8<<20 + 1}} {
+				cfg := ThroughputConfig{Target: Target{Dest: addr, MPTCP: mptcp}, Direction: dir, Streams: tc.streams, Bytes: tc.bytes, Timeout: 10 * time.Second}
+				res, err := Throughput(t.Context(), cfg)
+				if err != nil {
+					t.Fatalf("%s %d x %d bytes: %v", dir, tc.streams, tc.bytes, err)
+				}
+				perDir := tc.bytes * int64(tc.streams)
+				checkTransfer(t, "down", res.Down, perDir)
+				if dir == Both {
+					checkTransfer(t, "up", res.Up, perDir)
+				} else if res.Up != nil {
+					t.Errorf("down run with an up figure: %+v", res.Up)
+				}
+				want := perDir
+				if dir == Both {
+					want *= 2
+				}
+				if res.Direction != dir || res.Bytes != want || res.Seconds <= 0 || res.Route != "direct" ||
+					res.BitsPerSecond != float64(want)*8/res.Seconds {
+					t.Errorf("%s %d x %d bytes: %+v", dir, tc.streams, tc.bytes, res)
+				}
+				// The total runs to the last byte either way.
+				for _, tr := range []*Transfer{res.Up, res.Down} {
+					if tr != nil && tr.Seconds > res.Seconds {
+						t.Errorf("%s: a direction took %v s, longer than the run's %v s", dir, tr.Seconds, res.Seconds)
+					}
+				}
+				checkSubflows(t, mptcp, res)
 			}
 		}
 	})
+}
+
+func checkTransfer(t *testing.T, name string, tr *Transfer, bytes int64) {
+	t.Helper()
+	if tr == nil {
+		t.Errorf("%s: missing", name)
+		return
+	}
+	if tr.Bytes != bytes || tr.Seconds <= 0 || tr.BitsPerSecond != float64(bytes)*8/tr.Seconds {
+		t.Errorf("%s: %+v, want %d bytes", name, *tr, bytes)
+	}
+}
+
+func TestParseDirection(t *testing.T) {
+	for _, d := range []Direction{Up, Down, Both} {
+		if got, err := ParseDirection(string(d)); got != d || err != nil {
+			t.Errorf("ParseDirection(%q) = %q, %v", d, got, err)
+		}
+	}
+	for _, s := range []string{"", "UP", "all", "sideways"} {
+		if _, err := ParseDirection(s); err == nil {
+			t.Errorf("ParseDirection(%q): want an error", s)
+		}
+	}
+	_, err := Throughput(t.Context(), ThroughputConfig{Target: Target{Dest: "127.0.0.1:1"}, Direction: "sideways", Streams: 1, Bytes: 1, Timeout: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "sideways") {
+		t.Errorf("direction sideways: %v, want an error", err)
+	}
+}
+
+func TestSynData(t *testing.T) {
+	via := Target{Dest: "127.0.0.1:1", Via: mustAddrPort("127.0.0.1:5124")}
+	if p := via.synData(); p == nil || !*p {
+		t.Errorf("via: syn data %v, want true", p)
+	}
+	via.AfterHandshake = true
+	if p := via.synData(); p == nil || *p {
+		t.Errorf("via after the handshake: syn data %v, want false", p)
+	}
+	if p := (Target{Dest: "127.0.0.1:1", AfterHandshake: true}).synData(); p != nil {
+		t.Errorf("direct: syn data %v, want none", *p)
+	}
 }
 
 // TestSinkCount speaks the protocol by hand: the count is every byte.
@@ -185,6 +275,116 @@ func TestSinkCount(t *testing.T) {
 	ans, err := io.ReadAll(c)
 	if err != nil || len(ans) != countLen || count(ans) != 100000 {
 		t.Fatalf("answer %x, %v; want the count 100000 then EOF", ans, err)
+	}
+}
+
+// TestSourceCount speaks the protocol by hand: the source sends exactly
+// the count asked for, then its end of stream.
+func TestSourceCount(t *testing.T) {
+	addr := startServer(t)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(newCountHeader(opSource, 3<<20+7)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.Copy(io.Discard, c)
+	if err != nil || got != 3<<20+7 {
+		t.Fatalf("read %d bytes, %v; want %d then EOF", got, err, 3<<20+7)
+	}
+}
+
+// TestBothCount speaks the protocol by hand: the server's bytes, then its
+// count of the client's bytes (the header excluded), then EOF.
+func TestBothCount(t *testing.T) {
+	addr := startServer(t)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := append(newCountHeader(opBoth, 3000), make([]byte, 5000)...)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	ans, err := io.ReadAll(c)
+	if err != nil || len(ans) != 3000+countLen || count(ans[3000:]) != 5000 {
+		t.Fatalf("answer of %d bytes, %v; want 3000 bytes, the count 5000, then EOF", len(ans), err)
+	}
+}
+
+// startFakeServer runs serve on every connection of a loopback listener
+// until the test ends: a server that breaks the protocol.
+func startFakeServer(t *testing.T, serve func(c *net.TCPConn, n int64)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				hdr := make([]byte, countHeaderLen)
+				if _, err := io.ReadFull(c, hdr); err == nil {
+					serve(c.(*net.TCPConn), int64(count(hdr[1:])))
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// TestThroughputBadServer checks that a server sending too few or too many
+// bytes, or miscounting, fails the run.
+func TestThroughputBadServer(t *testing.T) {
+	src := make([]byte, writeLen)
+	// sendAndCount writes k bytes, reads the client's bytes to EOF and
+	// answers count(read) + off.
+	sendAndCount := func(extra int64, off uint64) func(c *net.TCPConn, n int64) {
+		return func(c *net.TCPConn, n int64) {
+			if writeN(c, src, n+extra, 0) != nil {
+				return
+			}
+			got, err := drain(c)
+			if err == nil {
+				answerCount(c, got+off)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		dir   Direction
+		serve func(c *net.TCPConn, n int64)
+		want  string
+	}{
+		{"short download", Down, func(c *net.TCPConn, n int64) { writeN(c, src, n-1, 0) }, "the server sent"},
+		{"long download", Down, func(c *net.TCPConn, n int64) { writeN(c, src, n+1, 0) }, "more bytes"},
+		{"download without end", Down, func(c *net.TCPConn, n int64) { writeN(c, src, n, 0); drain(c) }, "timeout"},
+		{"short both", Both, sendAndCount(-1, 0), "count"},
+		{"long both", Both, sendAndCount(1, 0), "sink counted"},
+		{"miscounted both", Both, sendAndCount(0, 1), "sink counted"},
+		{"silent both", Both, func(c *net.TCPConn, n int64) { drain(c) }, "the server sent 0 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := startFakeServer(t, tc.serve)
+			cfg := ThroughputConfig{Target: Target{Dest: addr}, Direction: tc.dir, Streams: 2, Bytes: 3<<20 + 5, Timeout: 500 * time.Millisecond}
+			_, err := Throughput(t.Context(), cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("%v; want an error with %q", err, tc.want)
+			}
+			t.Log(err)
+		})
 	}
 }
 
@@ -288,6 +488,13 @@ func TestProxy(t *testing.T) {
 	}
 	if res.Route != "proxy" || proxied.Load() != 2 {
 		t.Errorf("route %s, %d connections through the proxy; want proxy, 2", res.Route, proxied.Load())
+	}
+	// Both ways at once, through a relay that forwards each half-close.
+	for _, dir := range []Direction{Down, Both} {
+		res, err = Throughput(t.Context(), ThroughputConfig{Target: target, Direction: dir, Streams: 2, Bytes: 1 << 20, Timeout: 5 * time.Second})
+		if err != nil || res.Down == nil || res.Down.Bytes != 2<<20 {
+			t.Errorf("%s through the proxy: %+v, %v", dir, res, err)
+		}
 	}
 }
 

@@ -52,6 +52,9 @@ type ConnectResult struct {
 	RequestSize int         `json:"request_size"`
 	// FirstError is the first failure, to tell what the errors were.
 	FirstError string `json:"first_error,omitempty"`
+	// SynData is set through a converter only: whether the Convert
+	// message and the request rode in the SYN.
+	SynData *bool `json:"syn_data,omitempty"`
 }
 
 // Connect opens short connections from cfg.Concurrency workers for
@@ -60,7 +63,8 @@ type ConnectResult struct {
 // Connections still in flight when the duration ends count neither as
 // connections nor as errors.
 func Connect(ctx context.Context, cfg ConnectConfig) (ConnectResult, error) {
-	res := ConnectResult{Mode: "connect", Route: cfg.Target.Route(), Transport: cfg.Target.Transport(), Concurrency: cfg.Concurrency, RequestSize: cfg.RequestSize}
+	res := ConnectResult{Mode: "connect", Route: cfg.Target.Route(), Transport: cfg.Target.Transport(), Concurrency: cfg.Concurrency, RequestSize: cfg.RequestSize,
+		SynData: cfg.Target.synData()}
 	if cfg.Concurrency < 1 || cfg.Duration <= 0 || cfg.Timeout <= 0 {
 		return res, fmt.Errorf("connect: need concurrency >= 1, a duration and a timeout (got %d, %v, %v)", cfg.Concurrency, cfg.Duration, cfg.Timeout)
 	}

@@ -43,12 +43,15 @@ type IdleResult struct {
 	Route       string  `json:"route"`
 	Transport   string  `json:"transport"`
 	FirstError  string  `json:"first_error,omitempty"`
+	// SynData is set through a converter only: whether the Convert
+	// message rode in the SYN.
+	SynData *bool `json:"syn_data,omitempty"`
 }
 
 // Idle opens cfg.Count connections, holds them for cfg.Hold, checks which
 // are still open and closes them all.
 func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
-	res := IdleResult{Mode: "idle", Route: cfg.Target.Route(), Transport: cfg.Target.Transport()}
+	res := IdleResult{Mode: "idle", Route: cfg.Target.Route(), Transport: cfg.Target.Transport(), SynData: cfg.Target.synData()}
 	if cfg.Count < 1 || cfg.Concurrency < 1 || cfg.Hold < 0 || cfg.Timeout <= 0 {
 		return res, fmt.Errorf("idle: need count >= 1, concurrency >= 1, hold >= 0 and a timeout (got %d, %d, %v, %v)", cfg.Count, cfg.Concurrency, cfg.Hold, cfg.Timeout)
 	}

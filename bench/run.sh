@@ -9,9 +9,10 @@
 #                 namespace, 10.201.1.1:7000 -> server
 #   conv-tcp      `converter run` in the converter namespace, TCP client leg
 #   conv-mptcp    the same, MPTCP client leg over both client paths
-# each for throughput (--bytes per round) and for connection rate
-# (--duration, --concurrency), then prints medians and the ratios
-# converter/direct, converter/HAProxy and converter-MPTCP/direct-MPTCP.
+# each for throughput (--bytes per round, uploads and downloads: see
+# --direction) and for connection rate (--duration, --concurrency), then
+# prints medians and the ratios converter/direct, converter/HAProxy and
+# converter-MPTCP/direct-MPTCP, per direction.
 # Finally it opens --idle-count idle converted sessions through a fresh
 # converter and reports the converter's RSS growth per session.
 #
@@ -21,11 +22,13 @@
 #
 #   sudo bench/run.sh                       # defaults: 3 rounds, 2G, 5s, 32
 #   sudo bench/run.sh --rounds 1 --bytes 256M --duration 2s --idle-count 1000
+#   sudo bench/run.sh --direction both      # both ways at once on each stream
 set -euo pipefail
 
 ROUNDS=3
 BYTES=2G
 STREAMS=1
+DIRECTION=all
 DURATION=5s
 CONCURRENCY=32
 IDLE_COUNT=10000
@@ -39,6 +42,8 @@ usage: $0 [options]
   --rounds N          interleaved rounds (default $ROUNDS)
   --bytes SIZE        throughput: bytes per stream and round (default $BYTES)
   --streams N         throughput: parallel streams (default $STREAMS)
+  --direction D       throughput: up (client to server), down (server to client),
+                      both (at once on each stream) or all (up and down runs; default $DIRECTION)
   --duration D        connection rate: duration of each run (default $DURATION)
   --concurrency N     connection rate: connections in flight (default $CONCURRENCY)
   --idle-count N      idle sessions for the memory measurement, 0 to skip (default $IDLE_COUNT)
@@ -53,6 +58,7 @@ while (($#)); do
 	--rounds) ROUNDS=$2; shift ;;
 	--bytes) BYTES=$2; shift ;;
 	--streams) STREAMS=$2; shift ;;
+	--direction) DIRECTION=$2; shift ;;
 	--duration) DURATION=$2; shift ;;
 	--concurrency) CONCURRENCY=$2; shift ;;
 	--idle-count) IDLE_COUNT=$2; shift ;;
@@ -66,6 +72,15 @@ while (($#)); do
 done
 
 die() { echo "run.sh: $*" >&2; exit 1; }
+
+# The throughput directions to run, and the kind each is recorded as: up
+# keeps the kind "throughput" it always had.
+case $DIRECTION in
+up | down | both) DIRS=("$DIRECTION") ;;
+all) DIRS=(up down) ;;
+*) usage >&2; exit 2 ;;
+esac
+declare -A KIND=([up]=throughput [down]=download [both]=both)
 # cmd prints a command, then runs it.
 cmd() { echo "+ $*" >&2; "$@"; }
 
@@ -109,7 +124,7 @@ echo "cpus:    $(nproc)"
 echo "go:      $(go version 2>/dev/null || echo none)"
 echo "haproxy: $(haproxy -v | head -1)"
 echo "source:  $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
-echo "options: rounds $ROUNDS, bytes $BYTES x $STREAMS stream(s), duration $DURATION, concurrency $CONCURRENCY, idle $IDLE_COUNT for $IDLE_HOLD, lab $PREFIX"
+echo "options: rounds $ROUNDS, bytes $BYTES x $STREAMS stream(s), duration $DURATION, concurrency $CONCURRENCY, idle $IDLE_COUNT for $IDLE_HOLD, lab $PREFIX, direction $DIRECTION (${DIRS[*]})"
 echo
 
 if ((BUILD)); then cmd go build -o bin/converter ./cmd/converter; fi
@@ -190,7 +205,12 @@ start haproxy "$CONV" haproxy -db -f "$WORK/haproxy.cfg"
 wait_listen "$CONV" 7000 haproxy
 
 # Session logs are info records: warn keeps logging out of the figures.
-start converter "$CONV" "$BIN" run --listen "[::]:5124" --log-level warn
+# The lab's server has a private address, refused by default; the one
+# generator is one client, whose default per-client rate and session caps
+# would refuse most of a connect or idle run.
+CONVERTER_FLAGS=(--listen "[::]:5124" --log-level warn --allow-destinations "${SERVER%:*}/32"
+	--rate-per-client 0 --max-sessions-per-client 100000)
+start converter "$CONV" "$BIN" run "${CONVERTER_FLAGS[@]}"
 CONVERTER_PID=$PID
 wait_listen "$CONV" 5124 converter
 
@@ -229,8 +249,10 @@ measure() {
 
 for ((r = 1; r <= ROUNDS; r++)); do
 	echo "## round $r of $ROUNDS"
-	for c in "${CASES[@]}"; do
-		measure "$r" "$c" throughput --mode throughput --bytes "$BYTES" --streams "$STREAMS"
+	for d in "${DIRS[@]}"; do
+		for c in "${CASES[@]}"; do
+			measure "$r" "$c" "${KIND[$d]}" --mode throughput --direction "$d" --bytes "$BYTES" --streams "$STREAMS"
+		done
 	done
 	for c in "${CASES[@]}"; do
 		measure "$r" "$c" connect --mode connect --duration "$DURATION" --concurrency "$CONCURRENCY"
@@ -247,7 +269,7 @@ if ((IDLE_COUNT > 0)); then
 	echo "## idle sessions"
 	cmd kill "$CONVERTER_PID"
 	wait "$CONVERTER_PID" 2>/dev/null || true
-	start converter-idle "$CONV" "$BIN" run --listen "[::]:5124" --log-level warn
+	start converter-idle "$CONV" "$BIN" run "${CONVERTER_FLAGS[@]}"
 	CONVERTER_PID=$PID
 	wait_listen "$CONV" 5124 converter-idle
 	sleep 1
@@ -277,37 +299,71 @@ fi
 
 echo
 echo "## summary: medians of $ROUNDS round(s), $(date -u +%Y-%m-%dT%H:%M:%SZ), kernel $(uname -r)"
-jq -rs --argjson cases "$(printf '%s\n' "${CASES[@]}" | jq -R . | jq -s .)" '
+# The throughput views besides uploads: each a table of medians and a
+# ratio column. The up table and ratio lines above them are as they were.
+KINDS=$(for d in "${DIRS[@]}"; do echo "${KIND[$d]}"; done | jq -R . | jq -s .)
+jq -rs --argjson cases "$(printf '%s\n' "${CASES[@]}" | jq -R . | jq -s .)" --argjson kinds "$KINDS" '
 	def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
 	def f(d): if . == null then "-" else (. * pow(10; d) | round / pow(10; d) | tostring) end;
 	def ratio(a; b): if a == null or b == null or b == 0 then "-" else (a / b) | f(2) end;
+	# rate($get): the bits per second of a throughput record: the whole run, or one direction.
+	def rate($get): if $get == "all" then .bits_per_second else .[$get].bits_per_second end;
 	. as $all
-	| [$cases[] as $c | {
+	# runs($c; $k): the records of case $c and kind $k that did not fail.
+	| def runs($c; $k): [$all[] | select(.case == $c and .kind == $k and (.failed | not))];
+	# tput($c; $k; $get): the throughput columns of case $c.
+	def tput($c; $k; $get): {
+		gbps: (runs($c; $k) | map(rate($get) / 1e9) | median),
+		gbps_all: (runs($c; $k) | map(rate($get) / 1e9 | f(1)) | join(" ")),
+		subflows: (runs($c; $k) | map(.subflows | select(. != null)) | median),
+		joins: (runs($c; $k) | map(.joins | select(. != null)) | median)
+	};
+	def ratios(by): [
+		["converter-tcp / direct-tcp", "conv-tcp", "direct-tcp"],
+		["converter-tcp / haproxy", "conv-tcp", "haproxy"],
+		["converter-mptcp / direct-mptcp", "conv-mptcp", "direct-mptcp"]
+	][] as [$name, $a, $b] | [$name, (by[] | ratio(.[$a].gbps; .[$b].gbps))];
+	[$cases[] as $c | {
 		case: $c,
-		gbps: ([$all[] | select(.case == $c and .kind == "throughput" and (.failed | not)) | .bits_per_second / 1e9] | median),
-		gbps_all: [$all[] | select(.case == $c and .kind == "throughput" and (.failed | not)) | .bits_per_second / 1e9 | f(1)] | join(" "),
-		subflows: ([$all[] | select(.case == $c and .kind == "throughput" and .subflows != null) | .subflows] | median),
-		joins: ([$all[] | select(.case == $c and .kind == "throughput" and .joins != null) | .joins] | median),
-		cps: ([$all[] | select(.case == $c and .kind == "connect" and (.failed | not)) | .connections_per_second] | median),
-		cps_all: [$all[] | select(.case == $c and .kind == "connect" and (.failed | not)) | .connections_per_second | f(0)] | join(" "),
-		p50: ([$all[] | select(.case == $c and .kind == "connect" and (.failed | not)) | .latency_us.p50] | median),
-		p99: ([$all[] | select(.case == $c and .kind == "connect" and (.failed | not)) | .latency_us.p99] | median),
-		errors: ([$all[] | select(.case == $c and .kind == "connect" and (.failed | not)) | .errors] | add),
-		failed: ([$all[] | select(.case == $c and .failed)] | length)
-	}] as $rows
+		cps: (runs($c; "connect") | map(.connections_per_second) | median),
+		cps_all: (runs($c; "connect") | map(.connections_per_second | f(0)) | join(" ")),
+		p50: (runs($c; "connect") | map(.latency_us.p50) | median),
+		p99: (runs($c; "connect") | map(.latency_us.p99) | median),
+		errors: (runs($c; "connect") | map(.errors) | add),
+		failed: ([$all[] | select(.case == $c and (.kind == "throughput" or .kind == "connect") and .failed)] | length)
+	} + tput($c; "throughput"; "all")] as $rows
 	| ($rows | map({(.case): .}) | add) as $by
+	| [
+		{name: "download", title: "download (server to client), --direction down:", kind: "download", get: "all"},
+		{name: "both up", title: "both ways at once, --direction both: up", kind: "both", get: "up"},
+		{name: "both down", title: "both ways at once, --direction both: down", kind: "both", get: "down"}
+	  | select(.kind as $k | any($kinds[]; . == $k))
+	  | . as $v
+	  | .rows = [$cases[] as $c | {case: $c,
+		failed: ([$all[] | select(.case == $c and .kind == $v.kind and .failed)] | length)} + tput($c; $v.kind; $v.get)]
+	  | .by = (.rows | map({(.case): .}) | add)
+	] as $views
 	| (["case", "Gbit/s", "rounds", "subflows", "joins", "conn/s", "rounds", "p50 us", "p99 us", "errors", "failed"] | @tsv),
 	  ($rows[] | [.case, (.gbps | f(2)), .gbps_all, (.subflows | f(0)), (.joins | f(0)), (.cps | f(0)), .cps_all, (.p50 | f(0)), (.p99 | f(0)), (.errors | f(0)), .failed] | @tsv),
 	  "",
 	  (["ratio", "throughput", "conn/s"] | @tsv),
 	  (["converter-tcp / direct-tcp", ratio($by["conv-tcp"].gbps; $by["direct-tcp"].gbps), ratio($by["conv-tcp"].cps; $by["direct-tcp"].cps)] | @tsv),
 	  (["converter-tcp / haproxy", ratio($by["conv-tcp"].gbps; $by["haproxy"].gbps), ratio($by["conv-tcp"].cps; $by["haproxy"].cps)] | @tsv),
-	  (["converter-mptcp / direct-mptcp", ratio($by["conv-mptcp"].gbps; $by["direct-mptcp"].gbps), ratio($by["conv-mptcp"].cps; $by["direct-mptcp"].cps)] | @tsv)
+	  (["converter-mptcp / direct-mptcp", ratio($by["conv-mptcp"].gbps; $by["direct-mptcp"].gbps), ratio($by["conv-mptcp"].cps; $by["direct-mptcp"].cps)] | @tsv),
+	  ($views[] | "", .title,
+		(["case", "Gbit/s", "rounds", "subflows", "joins", "failed"] | @tsv),
+		(.rows[] | [.case, (.gbps | f(2)), .gbps_all, (.subflows | f(0)), (.joins | f(0)), .failed] | @tsv)),
+	  (if $views == [] then empty else
+		"", (["ratio"] + [$views[].name] | @tsv), (ratios([$views[].by]) | @tsv)
+	  end)
 ' "$RESULTS" | awk -F'\t' '
 	NF <= 1 { print; next }
+	NF == 2 { printf "%-32s %12s\n", $1, $2; next }
 	NF == 3 { printf "%-32s %12s %10s\n", $1, $2, $3; next }
+	NF == 6 { printf "%-13s %7s %-17s %8s %5s %6s\n", $1, $2, $3, $4, $5, $6; next }
 	{ printf "%-13s %7s %-17s %8s %5s %8s %-20s %7s %7s %6s %6s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }'
 echo
 echo "subflows: the generator socket's MPTCP_INFO subflow count at the end of each transfer (median);"
 echo "joins: MPTcpExtMPJoinAckRx during the throughput run, in the namespace that accepts the joins."
+echo "throughput, the first table: uploads (client to server); the other tables: the other directions run."
 [[ -z $IDLE_LINE ]] || echo "$IDLE_LINE"

@@ -4,16 +4,18 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
 )
 
-// sinkBufLen is the sink's read size: large reads keep the per-byte cost
-// low, which matters most for MPTCP sockets.
-const sinkBufLen = 1 << 20
+// readBufLen is the read size of the sink and of a downloading client:
+// large reads keep the per-byte cost low, which matters most for MPTCP
+// sockets.
+const readBufLen = 1 << 20
 
-var sinkBufs = sync.Pool{New: func() any { return new([sinkBufLen]byte) }}
+var readBufs = sync.Pool{New: func() any { return new([readBufLen]byte) }}
 
 // Listen opens the bench server's listener on addr (HOST:PORT): Multipath
 // TCP, so that it accepts MPTCP and plain TCP clients alike. The socket
@@ -46,6 +48,8 @@ func Serve(ctx context.Context, l net.Listener) error {
 		conns.closeAll()
 		wg.Wait()
 	}()
+	// What the source writes; only read, so every connection shares it.
+	src := make([]byte, writeLen)
 	var delay time.Duration
 	for {
 		c, err := l.Accept()
@@ -74,13 +78,14 @@ func Serve(ctx context.Context, l net.Listener) error {
 		go func() {
 			defer wg.Done()
 			defer conns.remove(c)
-			serveConn(c)
+			serveConn(c, src)
 		}()
 	}
 }
 
-// serveConn answers one connection and closes it.
-func serveConn(c net.Conn) {
+// serveConn answers one connection and closes it; src is what the source
+// writes.
+func serveConn(c net.Conn, src []byte) {
 	defer c.Close()
 	var op [echoHeaderLen]byte
 	if _, err := io.ReadFull(c, op[:1]); err != nil {
@@ -89,6 +94,10 @@ func serveConn(c net.Conn) {
 	switch op[0] {
 	case opSink:
 		sink(c)
+	case opSource:
+		source(c, src)
+	case opBoth:
+		sinkAndSource(c, src)
 	case opEcho:
 		echo(c, op)
 	}
@@ -96,21 +105,83 @@ func serveConn(c net.Conn) {
 
 // sink counts bytes up to the client's half-close and answers the count.
 func sink(c net.Conn) {
-	buf := sinkBufs.Get().(*[sinkBufLen]byte)
-	defer sinkBufs.Put(buf)
-	n := uint64(1) // the operation byte
+	n, err := drain(c)
+	if err != nil {
+		return
+	}
+	answerCount(c, n+1) // the operation byte counts
+}
+
+// source writes the number of bytes the client asked for, half-closes and
+// waits for the client's end of stream, so that its close resets nothing.
+func source(c net.Conn, src []byte) {
+	n, ok := readRequestCount(c)
+	if !ok || writeN(c, src, n, 0) != nil {
+		return
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+		return
+	}
+	drain(c)
+}
+
+// sinkAndSource writes the number of bytes the client asked for while it
+// counts the client's bytes, then answers the count.
+func sinkAndSource(c net.Conn, src []byte) {
+	n, ok := readRequestCount(c)
+	if !ok {
+		return
+	}
+	type result struct {
+		n   uint64
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		k, err := drain(c)
+		got <- result{k, err}
+	}()
+	if err := writeN(c, src, n, 0); err != nil {
+		c.Close() // ends the drain
+		<-got
+		return
+	}
+	if r := <-got; r.err == nil {
+		answerCount(c, r.n)
+	}
+}
+
+// readRequestCount reads the count that follows 'S' and 'B'.
+func readRequestCount(c net.Conn) (int64, bool) {
+	var b [countLen]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return 0, false
+	}
+	n := count(b[:])
+	return int64(n), n <= math.MaxInt64
+}
+
+// drain reads and counts bytes up to the end of stream.
+func drain(c net.Conn) (uint64, error) {
+	buf := readBufs.Get().(*[readBufLen]byte)
+	defer readBufs.Put(buf)
+	var n uint64
 	for {
 		k, err := c.Read(buf[:])
 		n += uint64(k)
 		if errors.Is(err, io.EOF) {
-			break
+			return n, nil
 		}
 		if err != nil {
-			return
+			return n, err
 		}
 	}
-	putCount(buf[:countLen], n)
-	c.Write(buf[:countLen])
+}
+
+func answerCount(c net.Conn, n uint64) {
+	var b [countLen]byte
+	putCount(b[:], n)
+	c.Write(b[:])
 }
 
 // echo reads one request whose header starts in hdr and writes it back.

@@ -26,6 +26,10 @@ type Target struct {
 	// MPTCP opens the first leg (to the converter, the proxy or Dest) with
 	// Multipath TCP.
 	MPTCP bool
+	// AfterHandshake, through a converter, sends the Convert message and
+	// the first bytes right after the handshake instead of in the SYN.
+	// Other routes always send their first bytes after the handshake.
+	AfterHandshake bool
 }
 
 // Route names how connections reach the server: "direct", "proxy" or
@@ -49,8 +53,18 @@ func (t Target) Transport() string {
 	return "tcp"
 }
 
+// synData is, through a converter, whether the first bytes ride in the
+// SYN; nil for other routes.
+func (t Target) synData() *bool {
+	if !t.Via.IsValid() {
+		return nil
+	}
+	in := !t.AfterHandshake
+	return &in
+}
+
 // dialFunc opens one connection; early is sent first (in the SYN through a
-// converter, right after the handshake otherwise).
+// converter unless AfterHandshake, right after the handshake otherwise).
 type dialFunc func(ctx context.Context, early []byte) (*net.TCPConn, error)
 
 // dialer checks t and returns the function that opens its connections.
@@ -66,7 +80,7 @@ func (t Target) dialer() (dialFunc, error) {
 		if err != nil {
 			return nil, fmt.Errorf("destination %q: through a converter it must be IP:PORT: %w", t.Dest, err)
 		}
-		opts := client.Options{Via: t.Via, Dest: dest, MPTCP: t.MPTCP}
+		opts := client.Options{Via: t.Via, Dest: dest, MPTCP: t.MPTCP, AfterHandshake: t.AfterHandshake}
 		return func(ctx context.Context, early []byte) (*net.TCPConn, error) {
 			c, err := client.Dial(ctx, opts, early)
 			if err != nil {

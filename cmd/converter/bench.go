@@ -15,9 +15,9 @@ import (
 )
 
 // Bench modes and the flags that belong to each; the flags of every mode
-// are --via, --proxy, --mptcp, --timeout and --json.
+// are --via, --proxy, --mptcp, --syn-data, --timeout and --json.
 var benchModeFlags = map[string][]string{
-	"throughput": {"streams", "bytes"},
+	"throughput": {"streams", "bytes", "direction"},
 	"connect":    {"duration", "concurrency", "request-size"},
 	"idle":       {"count", "hold", "concurrency"},
 }
@@ -36,11 +36,16 @@ func benchCommand(io stdio) *cli.Command {
 		ArgsUsage: "HOST:PORT",
 		Description: "The load generator sends to a bench server (`converter bench --serve ADDR:PORT`) at HOST:PORT,\n" +
 			"directly, through a TCP proxy that forwards to it (--proxy), or through a converter (--via:\n" +
-			"the Convert message and the first bytes ride in the SYN). --mptcp sets the first leg's\n" +
-			"protocol; it defaults to on with --via and off otherwise.\n" +
+			"the Convert message and the first bytes ride in the SYN, or follow the handshake with\n" +
+			"--syn-data=false). --mptcp sets the first leg's protocol; it defaults to on with --via and\n" +
+			"off otherwise.\n" +
 			"\n" +
-			"  --mode throughput  --streams connections each send --bytes to the server's sink; the time\n" +
-			"                     runs from the first connect to the sink's count of the last stream.\n" +
+			"  --mode throughput  --streams connections each move --bytes: --direction up sends them to the\n" +
+			"                     server's sink, down has the server send them, both does both at once on\n" +
+			"                     each stream. Each direction is timed from the first connect to its last\n" +
+			"                     byte confirmed: up, the sink's count of the last stream; down, the last\n" +
+			"                     stream's end of stream (both: its last byte). With both, the count\n" +
+			"                     follows the server's bytes, so up takes at least as long as down.\n" +
 			"  --mode connect     for --duration, --concurrency workers each loop: connect, write a\n" +
 			"                     --request-size request, read its echo, wait for the server's close,\n" +
 			"                     close. Latency runs from the connect to the last response byte.\n" +
@@ -48,9 +53,10 @@ func benchCommand(io stdio) *cli.Command {
 			"                     Once they are open it prints 'holding' on stderr.\n" +
 			"\n" +
 			"The server (--serve) answers every mode on one port: the first byte of a connection selects\n" +
-			"the sink ('T', answered with an 8-byte count at the client's half-close) or the echo ('E'\n" +
-			"and a 24-bit length), and it closes first so that TIME_WAIT stays on its side. It accepts\n" +
-			"MPTCP and TCP and runs until interrupted.\n" +
+			"the sink ('T', answered with an 8-byte count at the client's half-close), the source ('S'\n" +
+			"and an 8-byte count of bytes to send), both ('B' and a count: send while sinking, then the\n" +
+			"count) or the echo ('E' and a 24-bit length), and it closes first so that TIME_WAIT stays on\n" +
+			"its side. It accepts MPTCP and TCP and runs until interrupted.\n" +
 			"\n" +
 			"For connect runs, give the generator's network namespace a wide net.ipv4.ip_local_port_range\n" +
 			"and raise RLIMIT_NOFILE (ulimit -n) for idle runs. Exit status: 0 done, 1 the run failed,\n" +
@@ -61,14 +67,16 @@ func benchCommand(io stdio) *cli.Command {
 			&cli.StringFlag{Name: "via", Usage: "go through the converter at `ADDR:PORT` (HOST:PORT must be an IP literal)"},
 			&cli.StringFlag{Name: "proxy", Usage: "connect to the TCP proxy at `ADDR:PORT`, which forwards to HOST:PORT"},
 			&cli.BoolFlag{Name: "mptcp", Usage: "use Multipath TCP on the first leg", DefaultText: "on with --via, off otherwise"},
+			&cli.BoolFlag{Name: "syn-data", Value: true, Usage: "with --via, send the Convert message and the first bytes in the SYN; false sends them right after the handshake (no effect on the wire of direct and --proxy routes, whose first bytes always follow the handshake)"},
 			&cli.IntFlag{Name: "streams", Value: 1, Usage: "throughput: parallel streams"},
-			&cli.StringFlag{Name: "bytes", Value: "1G", Usage: "throughput: bytes per stream, `SIZE` with an optional K, M, G, T suffix (powers of 1024)"},
+			&cli.StringFlag{Name: "bytes", Value: "1G", Usage: "throughput: bytes per stream and direction, `SIZE` with an optional K, M, G, T suffix (powers of 1024)"},
+			&cli.StringFlag{Name: "direction", Value: "up", Usage: "throughput: up (client to server), down (server to client) or both (at once on each stream)"},
 			&cli.DurationFlag{Name: "duration", Value: 5 * time.Second, Usage: "connect: how long to start connections"},
 			&cli.IntFlag{Name: "concurrency", Value: 32, Usage: "connect, idle: connections in flight"},
 			&cli.IntFlag{Name: "request-size", Value: 64, Usage: fmt.Sprintf("connect: request and response `BYTES` (%d to %d)", bench.MinRequestSize, bench.MaxRequestSize)},
 			&cli.IntFlag{Name: "count", Value: 10000, Usage: "idle: connections to open"},
 			&cli.DurationFlag{Name: "hold", Value: 10 * time.Second, Usage: "idle: how long to hold them"},
-			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "longest wait for one step: a connect, a write, a response"},
+			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "longest wait for one step: a connect, a write, a read, a response"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as one JSON object"},
 		},
 		Action:          func(c *cli.Context) error { return runBench(c, io) },
@@ -154,7 +162,7 @@ func benchServe(c *cli.Context, io stdio) error {
 	if c.NArg() > 0 {
 		return usageError("bench: --serve takes no HOST:PORT argument")
 	}
-	for _, f := range []string{"mode", "via", "proxy", "mptcp", "streams", "bytes", "duration", "concurrency", "request-size", "count", "hold", "timeout", "json"} {
+	for _, f := range []string{"mode", "via", "proxy", "mptcp", "syn-data", "streams", "bytes", "direction", "duration", "concurrency", "request-size", "count", "hold", "timeout", "json"} {
 		if c.IsSet(f) {
 			return usageError("bench: --%s is for the generator, not --serve", f)
 		}
@@ -163,7 +171,7 @@ func benchServe(c *cli.Context, io stdio) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("converter: bench: %v", err), 1)
 	}
-	fmt.Fprintf(io.err, "bench: serving on %s (sink and echo, MPTCP and TCP)\n", l.Addr())
+	fmt.Fprintf(io.err, "bench: serving on %s (sink, source and echo, MPTCP and TCP)\n", l.Addr())
 	if err := bench.Serve(c.Context, l); err != nil {
 		return cli.Exit(fmt.Sprintf("converter: bench: %v", err), 1)
 	}
@@ -203,6 +211,7 @@ func benchTarget(c *cli.Context) (bench.Target, error) {
 	if c.IsSet("mptcp") {
 		t.MPTCP = c.Bool("mptcp")
 	}
+	t.AfterHandshake = !c.Bool("syn-data")
 	return t, nil
 }
 
@@ -219,6 +228,9 @@ func benchThroughputConfig(c *cli.Context, t bench.Target, timeout time.Duration
 		return cfg, usageError("bench: --bytes must be at least 1")
 	}
 	cfg.Bytes = n
+	if cfg.Direction, err = bench.ParseDirection(c.String("direction")); err != nil {
+		return cfg, usageError("bench: --%v", err)
+	}
 	return cfg, nil
 }
 
@@ -260,6 +272,16 @@ func benchLine(res any) string {
 	case bench.ThroughputResult:
 		line := fmt.Sprintf("%-10s %-12s %4d stream(s) %10s in %8.3f s %9.3f Gbit/s",
 			r.Mode, r.Route+"/"+r.Transport, r.Streams, bench.FormatSize(r.Bytes), r.Seconds, r.BitsPerSecond/1e9)
+		// Up alone keeps the line it always had.
+		switch r.Direction {
+		case bench.Down:
+			line += "  down"
+		case bench.Both:
+			line += "  both: up" + benchTransfer(r.Up) + ", down" + benchTransfer(r.Down)
+		}
+		if r.SynData != nil && !*r.SynData {
+			line += "  convert after the handshake"
+		}
 		if r.Subflows != nil {
 			line += fmt.Sprintf("  subflows %d", *r.Subflows)
 			if !r.MPTCP {
@@ -276,6 +298,14 @@ func benchLine(res any) string {
 			r.Mode, r.Route+"/"+r.Transport, r.Connections, r.Errors, r.Alive, r.OpenSeconds, r.HoldSeconds) + benchFirstError(r.FirstError)
 	}
 	return fmt.Sprint(res)
+}
+
+// benchTransfer is one direction of a throughput line.
+func benchTransfer(t *bench.Transfer) string {
+	if t == nil {
+		return " -"
+	}
+	return fmt.Sprintf(" %s in %.3f s %.3f Gbit/s", bench.FormatSize(t.Bytes), t.Seconds, t.BitsPerSecond/1e9)
 }
 
 func benchFirstError(s string) string {

@@ -138,6 +138,32 @@ func benchCheckThroughput(t *testing.T, out string, wantBytes int64) map[string]
 	return m
 }
 
+// benchCheckDirections checks the per-direction objects: exactly dirs,
+// each with perDir bytes and bits_per_second = bytes*8/seconds, none
+// longer than the whole run.
+func benchCheckDirections(t *testing.T, m map[string]any, perDir int64, dirs ...string) {
+	t.Helper()
+	for _, dir := range []string{"up", "down"} {
+		d, ok := m[dir].(map[string]any)
+		if !slices.Contains(dirs, dir) {
+			if m[dir] != nil {
+				t.Errorf("%q: %v, want none", dir, m[dir])
+			}
+			continue
+		}
+		if !ok {
+			t.Fatalf("%q is %T (%v), want an object", dir, m[dir], m[dir])
+		}
+		b, s, bps := benchNumber(t, d, "bytes"), benchNumber(t, d, "seconds"), benchNumber(t, d, "bits_per_second")
+		if b != float64(perDir) || s <= 0 || s > benchNumber(t, m, "seconds") {
+			t.Errorf("%q: bytes %v, seconds %v (run %v); want %d bytes", dir, b, s, m["seconds"], perDir)
+		}
+		if got := b * 8 / s; bps < got*0.999 || bps > got*1.001 {
+			t.Errorf("%q: bits_per_second %v, want bytes*8/seconds = %v", dir, bps, got)
+		}
+	}
+}
+
 // benchCheckConnect checks the connect contract: connections, no errors,
 // ordered percentiles.
 func benchCheckConnect(t *testing.T, out string) map[string]any {
@@ -185,6 +211,24 @@ func TestBenchLoopback(t *testing.T) {
 				t.Errorf("MPTCP run: subflows %v, mptcp %v", m["subflows"], m["mptcp"])
 			}
 
+			if m["direction"] != "up" || m["syn_data"] != nil {
+				t.Errorf("default run: direction %v, syn_data %v; want up and none (direct)", m["direction"], m["syn_data"])
+			}
+			benchCheckDirections(t, m, 2*32<<20, "up")
+			for _, dir := range []string{"down", "both"} {
+				// --syn-data=false changes nothing on a direct route.
+				code, out, errs := benchCLI(t, "bench", tr, "--direction", dir, "--syn-data=false", "--streams", "2", "--bytes", "16M", "--json", addr)
+				if code != 0 {
+					t.Fatalf("throughput %s: exit %d: %s", dir, code, errs)
+				}
+				want := map[string]int64{"down": 2 * 16 << 20, "both": 4 * 16 << 20}[dir]
+				m := benchCheckThroughput(t, out, want)
+				if m["direction"] != dir || m["syn_data"] != nil {
+					t.Errorf("%s: direction %v, syn_data %v", dir, m["direction"], m["syn_data"])
+				}
+				benchCheckDirections(t, m, 2*16<<20, map[string][]string{"down": {"down"}, "both": {"up", "down"}}[dir]...)
+			}
+
 			code, out, errs = benchCLI(t, "bench", tr, "--mode", "connect", "--duration", "500ms", "--concurrency", "4", "--json", addr)
 			if code != 0 {
 				t.Fatalf("connect: exit %d: %s", code, errs)
@@ -203,14 +247,19 @@ func TestBenchLoopback(t *testing.T) {
 	}
 
 	t.Run("human", func(t *testing.T) {
-		for mode, args := range map[string][]string{
-			"throughput": {"bench", "--bytes", "1M", addr},
-			"connect":    {"bench", "--mode", "connect", "--duration", "100ms", addr},
-			"idle":       {"bench", "--mode", "idle", "--count", "3", "--hold", "0s", addr},
+		for _, tc := range []struct {
+			mode, has string // has: what the line must contain
+			args      []string
+		}{
+			{"throughput", "Gbit/s", []string{"bench", "--bytes", "1M", addr}},
+			{"throughput", "Gbit/s  down", []string{"bench", "--bytes", "1M", "--direction", "down", addr}},
+			{"throughput", "Gbit/s  both: up 1MiB in", []string{"bench", "--bytes", "1M", "--direction", "both", addr}},
+			{"connect", "conn/s", []string{"bench", "--mode", "connect", "--duration", "100ms", addr}},
+			{"idle", "alive", []string{"bench", "--mode", "idle", "--count", "3", "--hold", "0s", addr}},
 		} {
-			code, out, errs := benchCLI(t, args...)
-			if code != 0 || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, mode+" ") {
-				t.Errorf("%v: exit %d, output %q, stderr %q; want one line starting %q", args, code, out, errs, mode)
+			code, out, errs := benchCLI(t, tc.args...)
+			if code != 0 || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, tc.mode+" ") || !strings.Contains(out, tc.has) {
+				t.Errorf("%v: exit %d, output %q, stderr %q; want one line starting %q with %q", tc.args, code, out, errs, tc.mode, tc.has)
 			}
 			t.Logf("%s", strings.TrimSpace(out))
 		}
@@ -227,6 +276,12 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--streams", "100000", "127.0.0.1:1"},
 		{"bench", "--bytes", "1Q", "127.0.0.1:1"},
 		{"bench", "--bytes", "0", "127.0.0.1:1"},
+		{"bench", "--direction", "sideways", "127.0.0.1:1"},
+		{"bench", "--direction", "", "127.0.0.1:1"},
+		{"bench", "--mode", "connect", "--direction", "down", "127.0.0.1:1"},
+		{"bench", "--syn-data=maybe", "127.0.0.1:1"},
+		{"bench", "--serve", "127.0.0.1:0", "--direction", "down"},
+		{"bench", "--serve", "127.0.0.1:0", "--syn-data=false"},
 		{"bench", "--via", "nope", "127.0.0.1:1"},
 		{"bench", "--via", "127.0.0.1:5124", "example.net:80"},
 		{"bench", "--via", "127.0.0.1:5124", "--proxy", "127.0.0.1:7000", "127.0.0.1:1"},
@@ -348,6 +403,10 @@ func TestBenchNamespaces(t *testing.T) {
 			if tr == "--mptcp" && m["mptcp"] != true {
 				t.Errorf("MPTCP end to end fell back to TCP: %v", m)
 			}
+			out, _ = benchInNamespace(t, cli, "bench", tr, "--direction", "both", "--bytes", "64M", "--json", dest)
+			m = benchCheckThroughput(t, out, 2*64<<20)
+			benchCheckDirections(t, m, 64<<20, "up", "down")
+			t.Logf("both ways %s: up %v, down %v", tr, m["up"], m["down"])
 			out, _ = benchInNamespace(t, cli, "bench", tr, "--mode", "connect", "--duration", "1s", "--json", dest)
 			m = benchCheckConnect(t, out)
 			t.Logf("connect %s: %.0f conn/s, latency %v", tr, benchNumber(t, m, "connections_per_second"), m["latency_us"])
