@@ -14,6 +14,7 @@ const (
 	DefaultMaxHandshakes        = 8192
 	DefaultRatePerClient        = 200 // new sessions per second; the burst is as large
 	DefaultClientPrefixV6       = 64
+	DefaultMaxTransparentPorts  = 1024
 )
 
 // clientKey is what every per-client limit counts by, and what NAT pairs:

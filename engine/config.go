@@ -79,6 +79,11 @@ type Config struct {
 	// then record the original destination beside the Connect one.
 	Transparent bool
 
+	// MaxTransparentPorts caps the per-port transparent listeners that
+	// take the joins of steered connections (one per destination port in
+	// use).
+	MaxTransparentPorts int
+
 	// Joins, when set, learns the MPTCP token of every accepted client
 	// connection for as long as the session lives, and the ports of the
 	// per-port listeners, so that MP_JOIN SYNs toward the original
@@ -140,6 +145,9 @@ func (c Config) WithDefaults() Config {
 	case c.RatePerClient < 0:
 		c.RatePerClient = 0 // no rate limit
 	}
+	if c.MaxTransparentPorts == 0 {
+		c.MaxTransparentPorts = DefaultMaxTransparentPorts
+	}
 	if c.ClientPrefixV6 == 0 {
 		c.ClientPrefixV6 = DefaultClientPrefixV6
 	}
@@ -176,6 +184,7 @@ type JoinSteering interface {
 	AddToken(token uint32) error
 	RemoveToken(token uint32) error
 	AddListenerPort(port uint16) error
+	RemoveListenerPort(port uint16) error
 }
 
 // SynAckSource gives the TCP options of the SYN+ACK that answered a server

@@ -37,9 +37,11 @@ type Server struct {
 	mu        sync.Mutex
 	serveCtx  context.Context // set by Serve, for listeners opened later
 	listeners []*net.TCPListener
-	ports     map[uint16]bool // ports listened on, transparent per-port listeners included
-	sessions  map[*session]struct{}
-	wg        sync.WaitGroup
+	ports     map[uint16]bool // ports of the configured listeners
+	// portListeners are the transparent per-port listeners in use.
+	portListeners map[uint16]*portListener
+	sessions      map[*session]struct{}
+	wg            sync.WaitGroup
 }
 
 // New checks cfg and returns a Server that is not listening yet.
@@ -48,7 +50,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("converter config: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg)}
+	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg)}
 	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
 	return s, nil
 }
@@ -80,28 +82,58 @@ func (s *Server) addListener(l *net.TCPListener) {
 	s.ports[unmapAddrPort(l.Addr()).Port()] = true
 }
 
-// listenOnPort opens, once, a transparent listener on the port a steered
-// connection was addressed to. The kernel accepts an MP_JOIN only on a
-// listener whose port is the connection's local port (or an announced
-// one), so the client's extra subflows toward the original destination
-// need it; the steering program finds it by the packet's own port.
-func (s *Server) listenOnPort(port uint16) {
+// acquirePort holds a transparent listener on the port a steered MPTCP
+// connection was addressed to, for as long as a session needs it. The
+// kernel accepts an MP_JOIN only on a listener whose port is the
+// connection's local port (or an announced one), so the client's extra
+// subflows toward the original destination need it; the steering program
+// finds it by the packet's own port. Listeners are opened only for
+// admitted sessions, shared by the sessions of one port, closed with the
+// last of them, and capped: past MaxTransparentPorts a session goes on
+// without one (its joins to that port are refused by the kernel; joins
+// to an announced address still work).
+func (s *Server) acquirePort(port uint16) (release func()) {
 	s.mu.Lock()
 	ctx := s.serveCtx
 	if s.ports[port] || ctx == nil || ctx.Err() != nil {
 		s.mu.Unlock()
-		return
+		return func() {}
 	}
-	s.ports[port] = true // also when opening fails: do not retry per session
-	s.mu.Unlock()
+	pl := s.portListeners[port]
+	if pl == nil {
+		if len(s.portListeners) >= s.cfg.MaxTransparentPorts {
+			s.mu.Unlock()
+			s.stats.portsCapped.Add(1)
+			return func() {}
+		}
+		pl = &portListener{ready: make(chan struct{})}
+		s.portListeners[port] = pl
+		pl.refs++
+		s.mu.Unlock()
+		s.openPort(ctx, port, pl)
+	} else {
+		pl.refs++
+		s.mu.Unlock()
+		<-pl.ready // a join may follow within a round trip: wait for it
+	}
+	return func() { s.releasePort(port, pl) }
+}
+
+// portListener is one transparent per-port listener and its sessions.
+type portListener struct {
+	refs  int              // sessions that need it; guarded by Server.mu
+	l     *net.TCPListener // nil when opening failed
+	ready chan struct{}    // closed once l is set (or failed)
+}
+
+func (s *Server) openPort(ctx context.Context, port uint16, pl *portListener) {
+	defer close(pl.ready)
 	l, err := listen(ctx, net.JoinHostPort("::", strconv.Itoa(int(port))), true)
 	if err != nil {
 		s.log.Warn("no transparent listener for joins", "port", port, "error", err.Error())
 		return
 	}
-	s.mu.Lock()
-	s.listeners = append(s.listeners, l)
-	s.mu.Unlock()
+	pl.l = l
 	if s.cfg.Joins != nil {
 		// Only registered ports are tried by the steering program, so an
 		// ordinary listener on the host never takes a Convert SYN.
@@ -109,12 +141,38 @@ func (s *Server) listenOnPort(port uint16) {
 			s.log.Warn("listener port not steerable", "port", port, "error", err.Error())
 		}
 	}
-	s.log.Info("listening", "address", l.Addr().String(), "for", "joins to the original destination port")
+	s.log.Debug("listening", "address", l.Addr().String(), "for", "joins to the original destination port")
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		s.acceptLoop(ctx, l)
 	}()
+}
+
+func (s *Server) releasePort(port uint16, pl *portListener) {
+	s.mu.Lock()
+	pl.refs--
+	last := pl.refs == 0
+	if last {
+		delete(s.portListeners, port)
+	}
+	s.mu.Unlock()
+	if !last || pl.l == nil {
+		return
+	}
+	// Unregister first, so that new SYNs to this port go to the main
+	// listener instead of a closing one.
+	if s.cfg.Joins != nil {
+		s.cfg.Joins.RemoveListenerPort(port)
+	}
+	pl.l.Close()
+}
+
+// TransparentPorts returns how many per-port listeners are open.
+func (s *Server) TransparentPorts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.portListeners)
 }
 
 // Addrs returns the addresses the Server listens on.
@@ -191,6 +249,11 @@ func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
 		l.Close()
 	}
+	for _, pl := range s.portListeners {
+		if pl.l != nil {
+			pl.l.Close()
+		}
+	}
 }
 
 func (s *Server) stopSessions() {
@@ -255,6 +318,9 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	n, got, r := s.readRequest(c, bufp[:], &m)
 	if r == nil {
 		r = s.admit(&m, sess.clientAddr.Addr())
+	}
+	if _, isConnect := m.Connect(); r == nil && isConnect && s.cfg.Transparent && sess.mptcp {
+		defer s.acquirePort(sess.original.Port())()
 	}
 	if r != nil {
 		s.finishRefused(sess, r)
@@ -371,7 +437,7 @@ func (s *Server) sourceFor(sess *session) (netip.AddrPort, *refusal) {
 	// Paired pooling per subscriber: an IPv6 client is its prefix.
 	m, err := s.cfg.NAT.Allocate(s.clientKey(sess.clientAddr.Addr()).Addr(), nat.FamilyOf(sess.dest.Addr()))
 	switch {
-	case errors.Is(err, nat.ErrExhausted):
+	case errors.Is(err, nat.ErrExhausted), errors.Is(err, nat.ErrLogFull):
 		return netip.AddrPort{}, refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "address pool: %v", err)
 	case err != nil:
 		return netip.AddrPort{}, refuse(tlv.CodeNetworkFailure, nil, "address pool: %v", err)
@@ -503,9 +569,6 @@ func (s *Server) newSession(c *net.TCPConn) *session {
 	if s.cfg.Transparent {
 		// A steered SYN was accepted as if by the server it named.
 		sess.original = unmapAddrPort(c.LocalAddr())
-		if sess.mptcp {
-			s.listenOnPort(sess.original.Port())
-		}
 	}
 	if info, err := sockinfo.GetTCPInfo(c); err == nil {
 		sess.synData = info.SynData()

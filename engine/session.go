@@ -88,6 +88,7 @@ type counters struct {
 	converted, infoOnly, dialFailures atomic.Uint64
 	resets, aborts                    atomic.Uint64
 	synAckMissed                      atomic.Uint64      // capture on, SYN+ACK not found
+	portsCapped                       atomic.Uint64      // sessions without a per-port listener: cap reached
 	refused                           [256]atomic.Uint64 // by Error code
 }
 
@@ -126,8 +127,11 @@ type Stats struct {
 	Resets       uint64            `json:"resets"`
 	Aborts       uint64            `json:"silent_aborts"`
 	SynAckMissed uint64            `json:"syn_ack_capture_missed"`
+	PortsCapped  uint64            `json:"transparent_ports_capped"`
 	Refused      map[string]uint64 `json:"refused"` // by Error code name
 	Active       int64             `json:"active"`
+	// TransparentPorts is how many per-port listeners are open now.
+	TransparentPorts int `json:"transparent_ports"`
 }
 
 // Stats returns the counters as they are now.
@@ -137,8 +141,8 @@ func (s *Server) Stats() Stats {
 		Accepted: c.accepts.Load(), MPTCP: c.mptcp.Load(), PlainTCP: c.fallback.Load(),
 		SynData: c.synData.Load(), Converted: c.converted.Load(), InfoOnly: c.infoOnly.Load(),
 		DialFailures: c.dialFailures.Load(), Resets: c.resets.Load(), Aborts: c.aborts.Load(),
-		SynAckMissed: c.synAckMissed.Load(),
-		Refused:      map[string]uint64{}, Active: s.active.Load(),
+		SynAckMissed: c.synAckMissed.Load(), PortsCapped: c.portsCapped.Load(),
+		Refused: map[string]uint64{}, Active: s.active.Load(), TransparentPorts: s.TransparentPorts(),
 	}
 	for i := range c.refused {
 		if n := c.refused[i].Load(); n > 0 {

@@ -14,7 +14,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/convert-tc/converter/control"
-	"github.com/convert-tc/converter/cookie"
 	"github.com/convert-tc/converter/engine"
 	"github.com/convert-tc/converter/internal/addrpolicy"
 	"github.com/convert-tc/converter/internal/mptcpevents"
@@ -47,7 +46,7 @@ func runCommand(io stdio) *cli.Command {
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "unix socket serving the session table (mode 0600); empty to disable"},
 			&cli.StringFlag{Name: "tfo-window-clamp", Value: string(tfowindow.ModeAuto), Usage: "lower the window of Convert SYNs with eBPF, against the kernel fault that stalls downloads of MPTCP clients that sent SYN data: auto (where a start-up probe finds the fault), on or off"},
-		}, append(transparentFlags(), natFlags()...)...),
+		}, append(append(transparentFlags(), natFlags()...), cookieFlags()...)...),
 		Action: func(c *cli.Context) error {
 			cfg, err := runConfig(c, io)
 			if err != nil {
@@ -86,6 +85,9 @@ func runCommand(io stdio) *cli.Command {
 			}
 			ctx, cancel := context.WithCancel(c.Context)
 			defer cancel()
+			if cfg.Cookies != nil {
+				go reloadCookiesOnHUP(ctx, cfg.Cookies, c.String("cookie-secret"), cfg.Logger)
+			}
 			var side sync.WaitGroup
 			if err := startObservers(ctx, &side, c.String("control"), srv, dp, addr, cfg.Logger); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
@@ -121,6 +123,7 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 		MaxHandshakes:        c.Int("max-handshakes"),
 		RatePerClient:        c.Int("rate-per-client"),
 		ClientPrefixV6:       c.Int("client-prefix-v6"),
+		MaxTransparentPorts:  c.Int("max-transparent-ports"),
 		Logger:               slog.New(slog.NewJSONHandler(io.err, &slog.HandlerOptions{Level: level})),
 	}
 	if cfg.RatePerClient == 0 {
@@ -141,10 +144,8 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 	if cfg.AllowDestinations, err = prefixes(c.StringSlice("allow-destinations")); err != nil {
 		return cfg, usageError("--allow-destinations: %v", err)
 	}
-	if path := c.String("cookie-secret"); path != "" {
-		if cfg.Cookies, err = cookie.Load(path); err != nil {
-			return cfg, usageError("--cookie-secret: %v", err)
-		}
+	if cfg.Cookies, err = loadCookies(c); err != nil {
+		return cfg, err
 	}
 	return cfg, nil
 }

@@ -2,9 +2,13 @@ package netns
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -195,4 +199,89 @@ func run(t *testing.T, e *env, ns string, name string, args ...string) {
 	if out, err := e.lab.Command(ctx, ns, name, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
+}
+
+// TestAttackTransparentPorts: in transparent mode each destination port
+// in use needs a per-port listener for joins. Sessions to 300 distinct
+// ports, 40 held at a time, open no more listeners than the cap, and
+// none is left once the sessions end.
+func TestAttackTransparentPorts(t *testing.T) {
+	const portCap, ports, held = 25, 300, 40
+	e := newTransparentEnv(t, "--max-transparent-ports", fmt.Sprint(portCap), "--rate-per-client", "0")
+	// One server listener answers every port: nft redirects them to it.
+	l := e.listen(e.serverNS(), "10.201.3.2:8099", false)
+	echo(l)
+	nftIn(t, e.env, e.serverNS(), "table ip cvtest {\n chain pre {\n  type nat hook prerouting priority -100;\n  tcp dport 20000-20999 redirect to :8099\n }\n}\n")
+
+	most := 0
+	open := func() int {
+		n := int(converterStats(t, e.control)["transparent_ports"].(float64))
+		most = max(most, n)
+		return n
+	}
+	var conns []*client.Conn
+	for i := range ports {
+		dest := netip.AddrPortFrom(e.a.ServerV4, uint16(20000+i))
+		c, err := e.convert(client.Options{Via: dest, Dest: dest, MPTCP: true}, nil)
+		if err != nil {
+			t.Fatalf("session to port %d: %v", dest.Port(), err)
+		}
+		conns = append(conns, c)
+		if len(conns) == held {
+			open()
+			for _, c := range conns {
+				c.Close()
+			}
+			conns = conns[:0]
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	if most > portCap {
+		t.Errorf("%d per-port listeners open at once, cap %d", most, portCap)
+	}
+	if most < portCap {
+		t.Errorf("at most %d per-port listeners with %d sessions held on distinct ports: the cap %d was never reached", most, held, portCap)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for open() != 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := open(); n != 0 {
+		t.Errorf("%d per-port listeners left after every session ended", n)
+	}
+	capped := converterStats(t, e.control)["transparent_ports_capped"].(float64)
+	t.Logf("%d sessions on %d ports: at most %d listeners at once (cap %d), %v sessions went without one", ports, ports, most, portCap, capped)
+}
+
+// nftIn loads an nft ruleset in a lab namespace.
+func nftIn(t *testing.T, e *env, ns, ruleset string) {
+	t.Helper()
+	cmd := e.lab.Command(context.Background(), ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(ruleset)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+}
+
+// converterStats reads the engine's counters from the control socket.
+func converterStats(t *testing.T, control string) map[string]any {
+	t.Helper()
+	hc := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", control)
+		}}}
+	resp, err := hc.Get("http://converter/stats")
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	defer resp.Body.Close()
+	var v map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	c, _ := v["converter"].(map[string]any)
+	return c
 }
