@@ -14,9 +14,9 @@ func TestSpecial(t *testing.T) {
 		"198.18.0.1", "224.0.0.1", "192.88.99.1", "192.0.0.1",
 		"::ffff:169.254.169.254", "::ffff:10.0.0.1", // mapped
 		"64:ff9b::a9fe:a9fe", "64:ff9b::a00:1", // NAT64 well-known prefix (RFC 6052 /96)
-		"64:ff9b:1::a9fe:a9fe",                 // local-use prefix, /96 embedding
-		"64:ff9b:1:a9fe:a9:fe00::",             // local-use prefix, /48 embedding
-		"2002:a00:1::1",                        // 6to4 of 10.0.0.1
+		"64:ff9b:1::a9fe:a9fe",     // local-use prefix, /96 embedding
+		"64:ff9b:1:a9fe:a9:fe00::", // local-use prefix, /48 embedding
+		"2002:a00:1::1",            // 6to4 of 10.0.0.1
 		"fd00::1", "fc00::1", "fe80::1", "::1", "::", "ff02::1", "2001:db8::1", "3fff::1",
 		"2001::1", "2001:2::1", "100::1", "5f00::1", "fec0::1", "::a00:1",
 	}
