@@ -337,6 +337,7 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	if sess.entry != nil {
 		sess.entry.SetDestination(sess.dest)
 	}
+	sess.handshake = s.watchHandshake(ctx, sess.client)
 	if r := s.connect(ctx, sess, conn, bufp[n:got]); r != nil {
 		s.finishRefused(sess, r)
 		return
@@ -399,10 +400,16 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
-	server, err := dialServer(dctx, sess.dest, source, sess.preserved, mptcp, early)
+	server, err := dialVerified(dctx, sess.handshake, unverifiedSynWindow, func(ctx context.Context) (*net.TCPConn, error) {
+		return dialServer(ctx, sess.dest, source, sess.preserved, mptcp, early)
+	})
 	if err != nil {
 		if ctx.Err() != nil {
 			return &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
+		}
+		if errors.Is(err, errUnverified) {
+			s.stats.unverified.Add(1)
+			return &refusal{action: tlv.ActionAbort, reason: err.Error()}
 		}
 		s.stats.dialFailures.Add(1)
 		return dialRefusal(sess.dest, err)
@@ -486,10 +493,10 @@ func (s *Server) synAckOptions(server *net.TCPConn, dest netip.AddrPort) (opts [
 // socket written in SYN_RECV can stall forever on Linux) and writes the
 // reply in one write, before any server byte.
 func (s *Server) replyToClient(ctx context.Context, sess *session, reply []byte) error {
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
-	defer cancel()
-	if err := sockinfo.WaitEstablished(wctx, sess.client); err != nil {
-		return fmt.Errorf("wait for the client handshake: %w", err)
+	<-sess.handshake.done
+	if err := sess.handshake.err; err != nil {
+		s.stats.unverified.Add(1)
+		return fmt.Errorf("%w: %v", errUnverified, err)
 	}
 	sess.client.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer sess.client.SetWriteDeadline(time.Time{})

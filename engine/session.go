@@ -25,8 +25,9 @@ type session struct {
 	mapping    nat.Mapping    // the server leg's source from the shared pool, if any
 	preserved  bool           // the server leg is sourced from the client's address
 	start      time.Time
-	mptcp      bool // the Client leg is MPTCP (false: plain TCP or fallback)
-	synData    bool // the Convert message came in the SYN
+	mptcp      bool            // the Client leg is MPTCP (false: plain TCP or fallback)
+	synData    bool            // the Convert message came in the SYN
+	handshake  *handshakeWatch // the client's handshake, watched from admission on
 	log        *slog.Logger
 	entry      *sessions.Entry // nil when the table was full
 
@@ -89,6 +90,7 @@ type counters struct {
 	resets, aborts                    atomic.Uint64
 	synAckMissed                      atomic.Uint64      // capture on, SYN+ACK not found
 	portsCapped                       atomic.Uint64      // sessions without a per-port listener: cap reached
+	unverified                        atomic.Uint64      // clients that never completed their handshake
 	refused                           [256]atomic.Uint64 // by Error code
 }
 
@@ -117,19 +119,22 @@ func (c *counters) refusal(r *refusal) {
 
 // Stats is a snapshot of the counters.
 type Stats struct {
-	Accepted     uint64            `json:"accepted"`
-	MPTCP        uint64            `json:"mptcp"`
-	PlainTCP     uint64            `json:"plain_tcp"`
-	SynData      uint64            `json:"syn_data"`
-	Converted    uint64            `json:"converted"`
-	InfoOnly     uint64            `json:"info_only"`
-	DialFailures uint64            `json:"dial_failures"`
-	Resets       uint64            `json:"resets"`
-	Aborts       uint64            `json:"silent_aborts"`
-	SynAckMissed uint64            `json:"syn_ack_capture_missed"`
-	PortsCapped  uint64            `json:"transparent_ports_capped"`
-	Refused      map[string]uint64 `json:"refused"` // by Error code name
-	Active       int64             `json:"active"`
+	Accepted     uint64 `json:"accepted"`
+	MPTCP        uint64 `json:"mptcp"`
+	PlainTCP     uint64 `json:"plain_tcp"`
+	SynData      uint64 `json:"syn_data"`
+	Converted    uint64 `json:"converted"`
+	InfoOnly     uint64 `json:"info_only"`
+	DialFailures uint64 `json:"dial_failures"`
+	Resets       uint64 `json:"resets"`
+	Aborts       uint64 `json:"silent_aborts"`
+	SynAckMissed uint64 `json:"syn_ack_capture_missed"`
+	PortsCapped  uint64 `json:"transparent_ports_capped"`
+	// Unverified counts sessions whose client never completed its
+	// handshake (a spoofed source, or a client gone at once).
+	Unverified uint64            `json:"unverified"`
+	Refused    map[string]uint64 `json:"refused"` // by Error code name
+	Active     int64             `json:"active"`
 	// TransparentPorts is how many per-port listeners are open now.
 	TransparentPorts int `json:"transparent_ports"`
 }
@@ -141,7 +146,7 @@ func (s *Server) Stats() Stats {
 		Accepted: c.accepts.Load(), MPTCP: c.mptcp.Load(), PlainTCP: c.fallback.Load(),
 		SynData: c.synData.Load(), Converted: c.converted.Load(), InfoOnly: c.infoOnly.Load(),
 		DialFailures: c.dialFailures.Load(), Resets: c.resets.Load(), Aborts: c.aborts.Load(),
-		SynAckMissed: c.synAckMissed.Load(), PortsCapped: c.portsCapped.Load(),
+		SynAckMissed: c.synAckMissed.Load(), PortsCapped: c.portsCapped.Load(), Unverified: c.unverified.Load(),
 		Refused: map[string]uint64{}, Active: s.active.Load(), TransparentPorts: s.TransparentPorts(),
 	}
 	for i := range c.refused {
