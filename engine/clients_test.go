@@ -115,3 +115,26 @@ func TestHandshakeCap(t *testing.T) {
 		t.Fatalf("after one handshake ended: %v", err)
 	}
 }
+
+func TestLogLimiter(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newLogLimiter(10, 3)
+	l.now = func() time.Time { return now }
+	for i := range 3 {
+		if ok, _ := l.allow(); !ok {
+			t.Fatalf("line %d of the burst refused", i)
+		}
+	}
+	for range 5 {
+		if ok, _ := l.allow(); ok {
+			t.Fatal("a line past the burst allowed")
+		}
+	}
+	now = now.Add(100 * time.Millisecond)
+	if ok, n := l.allow(); !ok || n != 5 {
+		t.Fatalf("after 100 ms: allowed %v, %d suppressed reported; want true, 5", ok, n)
+	}
+	if ok, _ := l.allow(); ok {
+		t.Fatal("a second line after one token came back")
+	}
+}

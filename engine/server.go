@@ -27,10 +27,12 @@ type Server struct {
 	own     ownAddrs
 	routes  *addrpolicy.Routes
 	clients *clientTable
-	active  atomic.Int64
-	nextID  atomic.Uint64
-	stats   counters
-	buffers *bufferPool
+	// refusalLog rate-limits the refusal log lines.
+	refusalLog *logLimiter
+	active     atomic.Int64
+	nextID     atomic.Uint64
+	stats      counters
+	buffers    *bufferPool
 	// handshakeBufs holds the buffers that receive Convert messages.
 	handshakeBufs sync.Pool
 
@@ -50,7 +52,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("converter config: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg)}
+	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg), refusalLog: newLogLimiter(refusalLogRate, refusalLogBurst)}
 	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
 	return s, nil
 }
@@ -523,8 +525,10 @@ func (s *Server) runRelay(sess *session) {
 // session: counted and logged like any refusal, no session record.
 func (s *Server) refuseAtAccept(c *net.TCPConn, r *refusal) {
 	s.stats.refusal(r)
-	s.log.Info("refused", "client", unmapAddrPort(c.RemoteAddr()).String(), "action", r.action.String(),
-		"reason", r.reason, "code", int(r.code), "error", r.code.String())
+	if extra, ok := s.refusalLogAttrs(); ok {
+		s.log.Info("refused", append([]any{"client", unmapAddrPort(c.RemoteAddr()).String(), "action", r.action.String(),
+			"reason", r.reason, "code", int(r.code), "error", r.code.String()}, extra...)...)
+	}
 	closeWithError(c, r.reply, s.cfg.DrainTimeout)
 }
 
@@ -537,7 +541,9 @@ func (s *Server) finishRefused(sess *session, r *refusal) {
 	if r.action == tlv.ActionReply {
 		attrs = append(attrs, "code", int(r.code), "error", r.code.String())
 	}
-	sess.log.Info("refused", attrs...)
+	if extra, ok := s.refusalLogAttrs(); ok {
+		sess.log.Info("refused", append(attrs, extra...)...)
+	}
 	if r.action == tlv.ActionReply {
 		closeWithError(sess.client, r.reply, s.cfg.DrainTimeout)
 		return
