@@ -127,7 +127,7 @@ echo "source:  $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo un
 echo "options: rounds $ROUNDS, bytes $BYTES x $STREAMS stream(s), duration $DURATION, concurrency $CONCURRENCY, idle $IDLE_COUNT for $IDLE_HOLD, lab $PREFIX, direction $DIRECTION (${DIRS[*]})"
 echo
 
-if ((BUILD)); then cmd go build -o bin/converter ./cmd/converter; fi
+if ((BUILD)); then CGO_ENABLED=0 cmd go build -o bin/converter ./cmd/converter; fi
 [[ -x $BIN ]] || die "$BIN missing"
 
 # The converter, HAProxy, the server and the generator all inherit this.

@@ -42,7 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 command -v jq >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
-cmd go build -o bin/converter ./cmd/converter
+CGO_ENABLED=0 cmd go build -o bin/converter ./cmd/converter
 cmd "$BIN" lab up --prefix "$PREFIX" >/dev/null
 wait_listen() { # NS PORT
 	for ((i = 0; i < 200; i++)); do

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"io"
 	"net"
 	"time"
@@ -63,8 +64,15 @@ func synthesizeSynAckOptions(t sockinfo.TCPInfo, serverMPTCP bool) []byte {
 // closeWithError sends an error reply the way RFC 8803 §6 wants it: one
 // write, then FIN, then a bounded drain so that unread Client data does not
 // turn the close into a RST that could destroy the reply in flight.
+//
+// The write waits for the client's handshake: accept returns TFO children
+// in SYN_RECV, and a reply written to an MPTCP one then can be lost (the
+// client saw the FIN without the reply before this wait was added).
 func closeWithError(c *net.TCPConn, reply []byte, drain time.Duration) {
 	deadline := time.Now().Add(drain)
+	wctx, cancel := context.WithDeadline(context.Background(), deadline)
+	sockinfo.WaitEstablished(wctx, c)
+	cancel()
 	c.SetWriteDeadline(deadline)
 	c.Write(reply)
 	c.CloseWrite()
