@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,8 +30,16 @@ func (bp *bufferPool) put(b *[]byte) { bp.p.Put(b) }
 // sockets (see the design notes), where a plain copy is several times
 // faster and steadier. It returns the bytes copied and the first error;
 // a clean end of src is (n, nil).
+//
+// A buffer is taken only once src has bytes and dst has room, and no more
+// is read than dst takes without blocking: a peer that stops reading
+// pins no buffer, only the kernel's socket buffers.
 func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, count *atomic.Int64, touch func()) (int64, error) {
 	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	wc, err := dst.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
@@ -39,8 +48,12 @@ func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, count *atomic.Int64, 
 		if err := waitReadable(rc); err != nil {
 			return total, err
 		}
+		if err := waitWritable(wc); err != nil {
+			return total, err
+		}
+		room := sendRoom(wc, bufferedChunk)
 		buf := pool.get()
-		n, rerr := src.Read(*buf)
+		n, rerr := src.Read((*buf)[:room])
 		if n > 0 {
 			_, werr := dst.Write((*buf)[:n])
 			pool.put(buf)
@@ -60,6 +73,51 @@ func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, count *atomic.Int64, 
 			return total, rerr
 		}
 	}
+}
+
+// minRoom is the least a relay step moves once dst polled writable: the
+// kernel wakes writers when a third of the send buffer is free, far more.
+const minRoom = 4 << 10
+
+// sendRoom estimates how many bytes dst takes now without blocking, at
+// most limit: half its send buffer (the kernel counts buffer overhead
+// against it too) less what is queued (SIOCOUTQ: unsent and unacked).
+func sendRoom(wc syscall.RawConn, limit int) int {
+	room := limit
+	wc.Control(func(fd uintptr) {
+		sndbuf, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
+		if err != nil {
+			return
+		}
+		queued, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
+		if err != nil {
+			return
+		}
+		room = min(limit, max(sndbuf/2-queued, minRoom))
+	})
+	return room
+}
+
+// readable returns how many bytes src holds for reading (SIOCINQ), 0 when
+// unknown or at the end of the stream.
+func readable(rc syscall.RawConn) int {
+	n := 0
+	rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+			n = v
+		}
+	})
+	return n
+}
+
+// waitWritable parks until dst has room in its send buffer (or an error
+// to report), without holding a buffer.
+func waitWritable(wc syscall.RawConn) error {
+	return wc.Write(func(fd uintptr) bool {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(fds, 0)
+		return err != nil || n > 0
+	})
 }
 
 // waitReadable parks until src has bytes, EOF or an error to report,

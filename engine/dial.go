@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,6 +21,13 @@ import (
 // should not retry more eagerly than the Client does (RFC 8803 §9.3).
 const serverSynRetries = 3
 
+// serverUserTimeout reaps a server leg whose data has gone unacknowledged
+// (or whose window stayed closed) this long: a dead server, or a path
+// gone. Keepalive (Go's default, 15 s probes) reaps idle dead peers on
+// both legs; the client leg cannot have a user timeout (MPTCP sockets
+// refuse TCP_USER_TIMEOUT on Linux 6.18).
+const serverUserTimeout = 5 * time.Minute
+
 // dialServer opens the server leg and hands it the Client's early bytes.
 // With early bytes, TCP_FASTOPEN_CONNECT lets them ride in the SYN once the
 // server's TFO cookie is known (or at once where the namespace allows TFO
@@ -30,7 +38,10 @@ const serverSynRetries = 3
 // SO_REUSEADDR lets a port whose earlier connection sits in TIME_WAIT be
 // bound again toward another server.
 func dialServer(ctx context.Context, dest, source netip.AddrPort, transparent, mptcp bool, early []byte) (*net.TCPConn, error) {
-	opts := []sockopt{{unix.IPPROTO_TCP, unix.TCP_SYNCNT, serverSynRetries, "TCP_SYNCNT"}}
+	opts := []sockopt{
+		{unix.IPPROTO_TCP, unix.TCP_SYNCNT, serverSynRetries, "TCP_SYNCNT"},
+		{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(serverUserTimeout.Milliseconds()), "TCP_USER_TIMEOUT"},
+	}
 	if len(early) > 0 {
 		opts = append(opts, sockopt{unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1, "TCP_FASTOPEN_CONNECT"})
 	}

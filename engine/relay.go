@@ -58,18 +58,42 @@ func (s *session) pump(dst, src *net.TCPConn, count *atomic.Int64, from sessions
 	dst.CloseWrite()
 }
 
-// spliceChunks is io.Copy (splice underneath) in chunks, so that the
-// counters and the activity time move during long transfers.
+// spliceChunks is io.Copy (splice underneath) in steps, so that the
+// counters and the activity time move during long transfers. Each step
+// starts once src has bytes and dst has room, and moves no more than
+// both allow: Go's splice takes a pipe from its pool for the whole call
+// and waits inside it, so an idle session, or one whose peer stopped
+// reading, would otherwise hold a pipe (two fds and up to 64 KiB).
 func spliceChunks(dst, src *net.TCPConn, count *atomic.Int64, touch func()) error {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	wc, err := dst.SyscallConn()
+	if err != nil {
+		return err
+	}
 	lr := &io.LimitedReader{R: src}
 	for {
-		lr.N = relayChunk
+		if err := waitReadable(rc); err != nil {
+			return err
+		}
+		if err := waitWritable(wc); err != nil {
+			return err
+		}
+		// At the end of the stream nothing is readable: a full-size
+		// step then returns at once with EOF.
+		step := int64(relayChunk)
+		if avail := readable(rc); avail > 0 {
+			step = int64(min(avail, sendRoom(wc, relayChunk)))
+		}
+		lr.N = step
 		n, err := io.Copy(dst, lr)
 		if n > 0 {
 			count.Add(n)
 			touch()
 		}
-		if err != nil || lr.N > 0 { // an error, or EOF before the chunk's end
+		if err != nil || lr.N > 0 { // an error, or EOF before the step's end
 			return err
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -284,4 +285,63 @@ func converterStats(t *testing.T, control string) map[string]any {
 	}
 	c, _ := v["converter"].(map[string]any)
 	return c
+}
+
+// TestAttackStoppedReaders: 100 clients ask for a large download and
+// stop reading. The converter must hold their bytes in the kernel's
+// socket buffers only: its own memory (RSS) grows by little more than
+// the sessions' bookkeeping, not by a relay buffer per session.
+func TestAttackStoppedReaders(t *testing.T) {
+	const sessions = 100
+	const budget = 7 << 20 // bytes of RSS growth for 100 stalled sessions (117 KiB each when a relay buffer was held)
+	e := newEnv(t)
+	conv := e.startConverter()
+	// The port e.download uses.
+	serveDownloads(e.listen(e.serverNS(), "10.201.3.2:8000", false))
+	dest := netip.MustParseAddrPort("10.201.3.2:8000")
+	rss := func() int64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", conv.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				var kib int64
+				fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kib)
+				return kib << 10
+			}
+		}
+		t.Fatal("no VmRSS")
+		return 0
+	}
+	// Warm up: one full download, so that the pools and the runtime have
+	// grown to their working size before the baseline.
+	if _, _, err := e.download(t, 1, 8<<20, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	before := rss()
+	for i := range sessions {
+		c, err := e.convert(client.Options{Via: e.via4(), Dest: dest, MPTCP: true}, nil)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		c.SetReadBuffer(64 << 10)
+		if _, err := fmt.Fprintf(c, "%d %d\n", i, 64<<20); err != nil {
+			t.Fatal(err)
+		}
+		// Never read: the client's window closes, then the converter's
+		// send buffer fills, then the server's.
+	}
+	time.Sleep(2 * time.Second)
+	after := rss()
+	growth := after - before
+	t.Logf("converter RSS %d KiB -> %d KiB with %d stopped readers: %.1f KiB per session", before>>10, after>>10, sessions, float64(growth)/1024/sessions)
+	if growth > budget {
+		t.Errorf("RSS grew by %d KiB, budget %d KiB: stalled sessions hold user-space buffers", growth>>10, budget>>10)
+	}
+	// The converter still serves everyone else.
+	if _, _, err := e.download(t, 2, 4<<20, 10*time.Second); err != nil {
+		t.Errorf("a download beside the stopped readers: %v", err)
+	}
 }
