@@ -11,9 +11,21 @@
 //     ip rule add fwmark MARK lookup 100;    ip route add local 0.0.0.0/0 dev lo table 100
 //     ip -6 rule add fwmark MARK lookup 100; ip -6 route add local ::/0 dev lo table 100
 //
+//     Packets of a flow whose local socket is in TIME_WAIT are not marked
+//     (the client may reuse the 4-tuple for a plain connection). They reach
+//     the real server only with net.ipv4.tcp_early_demux=0 in the
+//     namespace: otherwise early demux attaches the time-wait socket and
+//     the kernel drops the forwarded packet until TIME_WAIT ends.
+//
 //   - SynAckCapture (synack.c) runs at tcx ingress on the server-facing
-//     interface and keeps the TCP options of every SYN+ACK, which the kernel
-//     does not expose, for the Extended TCP Header TLV of the reply.
+//     interface and keeps the TCP options, which the kernel does not
+//     expose, of the SYN+ACKs that answer the converter's own connects (a
+//     local socket in SYN_SENT), keyed by 4-tuple, for the Extended TCP
+//     Header TLV of the reply.
+//
+// The programs parse IPv4 and IPv6 TCP; IPv6 through up to 4 hop-by-hop,
+// routing (no segments left) and destination options headers, 256 bytes
+// together. Fragments and other IPv6 extension headers are left alone.
 //
 // Links are tcx links owned by the process: nothing is pinned, and the kernel
 // detaches them when the process exits. Attach resolves the interface index

@@ -4,9 +4,6 @@
 
 #include "parse.h"
 
-/* Largest offset of the TCP header: Ethernet + IPv4 with options. */
-#define MAX_TCP_OFF (sizeof(struct ethhdr) + 60)
-
 /* linear makes the first n bytes of skb directly readable. */
 static __always_inline int linear(struct __sk_buff *skb, __u32 n)
 {

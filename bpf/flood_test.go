@@ -223,10 +223,25 @@ func TestMalformedFrames(t *testing.T) {
 		{"IPv4 fragment offset", set(syn4(msg4), 14+7, 0x01), false},
 		{"IPv4 total length below headers", edit(syn4(msg4), func(p []byte) []byte { binary.BigEndian.PutUint16(p[16:], 30); return p }), false},
 		{"IPv4 total length 0xffff", edit(syn4(msg4), func(p []byte) []byte { binary.BigEndian.PutUint16(p[16:], 0xffff); return p }), false},
-		{"IPv6 hop-by-hop next header", func(sport uint16) []byte {
+		{"IPv6 hop-by-hop next header without the header", func(sport uint16) []byte {
 			p := f6.build(seg{sport: sport, flags: flagSYN, payload: msg6})
 			p[14+6] = 0
 			return p
+		}, false},
+		{"IPv6 Convert SYN behind destination options", func(sport uint16) []byte {
+			return withExt(f6.build(seg{sport: sport, flags: flagSYN, payload: msg6}), destOpts)
+		}, true},
+		{"IPv6 Convert SYN behind hop-by-hop and destination options", func(sport uint16) []byte {
+			return withExt(f6.build(seg{sport: sport, flags: flagSYN, payload: msg6}), hopByHop, destOpts)
+		}, true},
+		{"IPv6 Convert SYN behind a fragment header", func(sport uint16) []byte {
+			return withExt(f6.build(seg{sport: sport, flags: flagSYN, payload: msg6}), fragHdr)
+		}, false},
+		{"IPv6 Convert SYN behind a routing header with a segment left", func(sport uint16) []byte {
+			return withExt(f6.build(seg{sport: sport, flags: flagSYN, payload: msg6}), routing(1))
+		}, false},
+		{"IPv6 Convert SYN behind 5 extension headers", func(sport uint16) []byte {
+			return withExt(f6.build(seg{sport: sport, flags: flagSYN, payload: msg6}), hopByHop, destOpts, destOpts, destOpts, destOpts)
 		}, false},
 		{"IPv6 payload length 0", func(sport uint16) []byte {
 			p := f6.build(seg{sport: sport, flags: flagSYN, payload: msg6})

@@ -100,3 +100,55 @@ func mpJoin(token uint32) []byte {
 	binary.BigEndian.PutUint32(o[4:], token)
 	return o
 }
+
+// ext is an IPv6 extension header for withExt: its protocol number and its
+// bytes after the first two (next header and length, which withExt fills
+// in); 8n-2 bytes long.
+type ext struct {
+	proto byte
+	body  []byte
+}
+
+var (
+	padN6    = []byte{1, 4, 0, 0, 0, 0} // one PadN option filling 8 bytes
+	hopByHop = ext{0, padN6}
+	destOpts = ext{60, padN6}
+	// An atomic fragment (offset 0, no more fragments): a whole segment
+	// behind a fragment header.
+	fragHdr = ext{44, []byte{0, 0, 0, 0, 0, 1}}
+)
+
+// destOptsLen is a destination options header of n bytes (n%8 == 0) full
+// of Pad1 options (which Linux would refuse beyond 7 bytes: for
+// BPF_PROG_TEST_RUN only).
+func destOptsLen(n int) ext { return ext{60, make([]byte, n-2)} }
+
+// routing is a segment routing header (type 4) with one segment and
+// segsLeft segments left.
+func routing(segsLeft byte) ext {
+	body := make([]byte, 22)
+	body[0], body[1] = 4, segsLeft
+	return ext{43, body}
+}
+
+// withExt inserts extension headers between the IPv6 header and the TCP
+// segment of a frame built by a framer, fixing the next header chain and
+// the payload length (the TCP checksum does not change).
+func withExt(frame []byte, exts ...ext) []byte {
+	const ip6 = 14
+	var hdrs []byte
+	next := frame[ip6+6]
+	for i := len(exts) - 1; i >= 0; i-- {
+		e := exts[i]
+		h := append([]byte{next, byte((len(e.body)+2)/8 - 1)}, e.body...)
+		if e.proto == 44 {
+			h[1] = 0 // reserved in a fragment header
+		}
+		hdrs = append(h, hdrs...)
+		next = e.proto
+	}
+	out := append(append(append([]byte{}, frame[:ip6+40]...), hdrs...), frame[ip6+40:]...)
+	out[ip6+6] = next
+	binary.BigEndian.PutUint16(out[ip6+4:], binary.BigEndian.Uint16(frame[ip6+4:])+uint16(len(hdrs)))
+	return out
+}

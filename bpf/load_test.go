@@ -100,7 +100,7 @@ func TestLoad(t *testing.T) {
 		t.Errorf("listener ports after adding 80, 443, 80, 65535 and removing 443: %+v", st.Maps)
 	}
 	counters, err := s.Counters()
-	if err != nil || len(counters) != 6 {
+	if err != nil || len(counters) != 7 {
 		t.Errorf("Counters = %v, %v", counters, err)
 	}
 	for name, v := range counters {
@@ -108,7 +108,7 @@ func TestLoad(t *testing.T) {
 			t.Errorf("fresh counter %s = %d", name, v)
 		}
 	}
-	if cs, err := c.Counters(); err != nil || len(cs) != 2 {
+	if cs, err := c.Counters(); err != nil || len(cs) != 3 {
 		t.Errorf("SynAckCapture.Counters = %v, %v", cs, err)
 	}
 
@@ -123,5 +123,40 @@ func TestLoad(t *testing.T) {
 	}
 	if err := c.Close(); err != nil {
 		t.Errorf("Close: %v", err)
+	}
+}
+
+// TestTokenMapSize loads the steering program with the token map sized for
+// the daemon's default session limit and wants exactly that many tokens to
+// fit: the engine holds one per session.
+func TestTokenMapSize(t *testing.T) {
+	labtest.Require(t)
+	const n = 100000 // engine.Config's default MaxSessions
+	s, err := LoadSteering(SteeringConfig{Mark: 7, Port: 5124, MaxTokens: n})
+	if err != nil {
+		t.Fatalf("LoadSteering: %+v", err)
+	}
+	defer s.Close()
+	if got := s.objs.Tokens.MaxEntries(); got != n {
+		t.Fatalf("tokens map max_entries %d, want %d", got, n)
+	}
+	for i := range uint32(n) {
+		if err := s.AddToken(0x9e3779b9 * (i + 1)); err != nil { // distinct: odd multiplier
+			t.Fatalf("token %d of %d: %v", i+1, n, err)
+		}
+	}
+	if err := s.AddToken(0); err == nil {
+		t.Errorf("token %d in a map sized for %d: accepted", n+1, n)
+	} else {
+		t.Logf("token %d refused: %v", n+1, err)
+	}
+	if err := s.RemoveToken(0x9e3779b9); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddToken(0); err != nil {
+		t.Errorf("a token after one was removed: %v", err)
+	}
+	if st, err := s.Status(); err != nil || st.Maps[0].Entries != n || st.Maps[0].MaxEntries != n {
+		t.Errorf("status %+v, %v: want %d of %d tokens", st.Maps, err, n, n)
 	}
 }

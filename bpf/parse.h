@@ -1,6 +1,8 @@
-/* Packet parsing shared by steer.c and synack.c: Ethernet, then IPv4 or
- * IPv6 without extension headers, then TCP. Offsets are kept as bounded
- * scalars so callers can re-derive packet pointers after bpf_skb_pull_data. */
+/* Packet parsing shared by steer.c, synack.c and synwin.c: Ethernet, then
+ * IPv4 or IPv6 (with the common extension headers, see below), then TCP.
+ * Offsets are kept as bounded scalars so callers can re-derive packet
+ * pointers after bpf_skb_pull_data. The headers must be in the linear part
+ * of the skb, as drivers and GRO leave them; nothing is pulled here. */
 #pragma once
 
 #include <linux/bpf.h>
@@ -17,6 +19,21 @@
 #define IP_FRAG_MASK 0x3fff
 
 #define TCP_MAX_OPTLEN 40
+
+/* IPv6 extension headers walked before TCP (RFC 8200 section 4): hop-by-hop
+ * options (first only, as the kernel wants it), routing headers with no
+ * segments left, and destination options; at most IPV6_MAX_EXT_HDRS of them,
+ * IPV6_MAX_EXT_LEN bytes together. Anything else is not parsed and the packet
+ * is left alone: a fragment header (a first fragment would show a truncated
+ * TCP payload, as for IPv4), AH, ESP, a routing header with segments left
+ * (the destination address is not the final one: the kernel forwards such a
+ * packet to the next segment), or more or longer headers. */
+#define IPV6_MAX_EXT_HDRS 4
+#define IPV6_MAX_EXT_LEN 256
+
+/* Largest offset of the TCP header: Ethernet + IPv6 with extension headers
+ * (IPv4 with options, 14 + 60, is below). */
+#define MAX_TCP_OFF (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + IPV6_MAX_EXT_LEN)
 
 struct pkt {
 	struct bpf_sock_tuple tuple; /* network byte order, as the lookup helpers want */
@@ -70,14 +87,45 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 		p->v4 = 1;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		__u32 ext = 0; /* bytes of extension headers, <= IPV6_MAX_EXT_LEN */
+		__u8 next;
 
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
-		if (ip6->nexthdr != IPPROTO_TCP)
+		next = ip6->nexthdr;
+		for (int i = 0; i < IPV6_MAX_EXT_HDRS; i++) {
+			/* nexthdr, hdrlen, and for routing: type, segments left.
+			 * Every extension header is at least 8 bytes. */
+			struct ipv6_rt_hdr *h;
+
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS)
+				break;
+			if (next == IPPROTO_HOPOPTS && i > 0)
+				return -1;
+			h = (void *)(ip6 + 1) + ext;
+			if ((void *)(h + 1) > data_end)
+				return -1;
+			if (next == IPPROTO_ROUTING && h->segments_left)
+				return -1;
+			next = h->nexthdr;
+			ext += ((__u32)h->hdrlen + 1) * 8;
+			if (ext > IPV6_MAX_EXT_LEN)
+				return -1;
+		}
+		if (next != IPPROTO_TCP)
 			return -1;
-		l3len = sizeof(*ip6);
+		/* Forget which path through the walk ext came from, so that the
+		 * verifier sees one range [0, IPV6_MAX_EXT_LEN] and prunes the
+		 * rest of the program once instead of once per chain. */
+		asm volatile("%0 &= 511" : "+r"(ext));
+		if (ext > IPV6_MAX_EXT_LEN)
+			return -1;
+		l3len = sizeof(*ip6) + ext;
 		iplen = bpf_ntohs(ip6->payload_len);
-		tcp = (void *)(ip6 + 1);
+		if (iplen < ext)
+			return -1;
+		iplen -= ext;
+		tcp = (void *)(ip6 + 1) + ext;
 		if ((void *)(tcp + 1) > data_end)
 			return -1;
 		__builtin_memcpy(p->tuple.ipv6.saddr, &ip6->saddr, 16);

@@ -24,6 +24,8 @@ enum steer_counter {
 	STEER_EST_MARKED,    /* packets of locally terminated flows */
 	STEER_LOOKUP_FAILED, /* SYNs to steer but no listener found */
 	STEER_ASSIGN_FAILED, /* bpf_sk_assign refused */
+	STEER_TIME_WAIT,     /* packets whose tuple is a local TIME_WAIT socket's,
+			      * not marked (also counted in one of the above) */
 	STEER_COUNTERS,
 };
 
@@ -35,10 +37,13 @@ struct {
 } steer_counters SEC(".maps");
 
 /* Local MPTCP tokens of accepted connections, as the 4 bytes appear in
- * MP_JOIN (a big-endian number, read here as a native u32). */
+ * MP_JOIN (a big-endian number, read here as a native u32). max_entries is
+ * set from Go at load to the daemon's session limit (one token per session);
+ * not preallocated, so memory follows the sessions, not the limit. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, __u8);
 } tokens SEC(".maps");
@@ -66,10 +71,40 @@ static __always_inline void count(enum steer_counter c)
 		*v += 1; /* per-CPU slot: no atomics needed */
 }
 
-/* local_flow reports whether the packet's own tuple names a local socket
- * other than a listener: an established, request or time-wait socket of a
- * flow the converter terminates. Uses skc_lookup (request and time-wait
- * sockets are not full sockets) and drops the reference at once. */
+/* local_flow reports whether the packet's own tuple names a local socket of
+ * a flow the converter terminates: an established (or closing) or request
+ * socket. Uses skc_lookup (request sockets are not full sockets) and drops
+ * the reference at once.
+ *
+ * A listener is not a flow, and neither is a TIME_WAIT socket: its
+ * connection is over, and the client may reuse the 4-tuple for a new one at
+ * once. Marked, a plain connection from the same client port to the real
+ * server would be delivered here for up to a minute: the time-wait socket
+ * hands a new SYN to a listener on its port, so the converter's transparent
+ * listener on that port would take it (in preservation mode a client's own
+ * direct connection to the server could be hit the same way).
+ *
+ * What the time-wait socket does not get: late segments of the connection
+ * that ended, which the kernel would have answered from TIME_WAIT, a
+ * retransmitted FIN whose ACK was lost above all. The peer is then in
+ * LAST_ACK (its side is closed) and ends on a reset or a timeout instead of
+ * the ACK: harmless. Where they go: with net.ipv4.tcp_early_demux=0 (it
+ * covers IPv6 too) they are forwarded to the real server (for a preserved
+ * server leg, to the client), which answers with a reset. With early demux
+ * on, the default, the kernel attaches the time-wait socket to the packet
+ * before routing it and ip(6)_forward drops packets that carry a socket: the
+ * late segments are dropped, and so is a new flow on the tuple until
+ * TIME_WAIT ends (about 60 s): it stalls instead of being taken. The
+ * converter's namespace should run with tcp_early_demux=0.
+ *
+ * BPF sees the time-wait form of an orphaned FIN_WAIT2 socket (closed by
+ * the converter, FIN acknowledged, peer's FIN not yet in) as TIME_WAIT too,
+ * so the peer's FIN is not marked either. The relay half-closes with
+ * shutdown and closes only once both directions are done, so the peer's FIN
+ * normally reaches a full FIN_WAIT2 socket and is marked; the orphaned case
+ * is that of aborted sessions. (Telling the two apart would need
+ * bpf_skc_to_tcp_timewait_sock and the kernel's BTF for tw_substate.)
+ * Packets left unmarked here are counted in time_wait. */
 static __always_inline int local_flow(struct __sk_buff *skb, struct pkt *p)
 {
 	struct bpf_sock *sk;
@@ -83,6 +118,10 @@ static __always_inline int local_flow(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	state = sk->state;
 	bpf_sk_release(sk);
+	if (state == BPF_TCP_TIME_WAIT) {
+		count(STEER_TIME_WAIT);
+		return 0;
+	}
 	return state != BPF_TCP_LISTEN;
 }
 

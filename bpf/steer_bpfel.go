@@ -21,7 +21,8 @@ const (
 	steerSteerCounterSTEER_EST_MARKED    steerSteerCounter = 3
 	steerSteerCounterSTEER_LOOKUP_FAILED steerSteerCounter = 4
 	steerSteerCounterSTEER_ASSIGN_FAILED steerSteerCounter = 5
-	steerSteerCounterSTEER_COUNTERS      steerSteerCounter = 6
+	steerSteerCounterSTEER_TIME_WAIT     steerSteerCounter = 6
+	steerSteerCounterSTEER_COUNTERS      steerSteerCounter = 7
 )
 
 // Names of all BPF objects in the ELF.

@@ -26,7 +26,11 @@ type SteeringConfig struct {
 	// retransmission would then reach the real server with the Convert
 	// message as plain data.
 	Port uint16
-	// MaxTokens bounds the MP_JOIN token map; 0 keeps the default, 65536.
+	// MaxTokens sizes the MP_JOIN token map (max_entries); 0 keeps the
+	// default, 65536. The engine holds one token per session, so the
+	// daemon passes its session limit. The map is not preallocated: the
+	// size costs only its bucket array (about 16 bytes per entry rounded
+	// up to a power of two) until tokens are added.
 	MaxTokens uint32
 }
 
@@ -45,6 +49,7 @@ var steerCounterNames = []string{
 	steerSteerCounterSTEER_EST_MARKED:    "est_marked",
 	steerSteerCounterSTEER_LOOKUP_FAILED: "lookup_failed",
 	steerSteerCounterSTEER_ASSIGN_FAILED: "assign_failed",
+	steerSteerCounterSTEER_TIME_WAIT:     "time_wait",
 }
 
 // LoadSteering loads the steer program into the kernel. It attaches
@@ -143,8 +148,9 @@ func (s *Steering) RemoveListenerPort(port uint16) error {
 }
 
 // Counters returns the program's counters summed over all CPUs: steered,
-// joins_steered (included in steered), passed, est_marked, lookup_failed
-// and assign_failed.
+// joins_steered (included in steered), passed, est_marked, lookup_failed,
+// assign_failed, and time_wait (packets matching a local TIME_WAIT socket,
+// left unmarked; also counted in passed or steered).
 func (s *Steering) Counters() (map[string]uint64, error) {
 	return sumCounters(s.objs.SteerCounters, steerCounterNames)
 }

@@ -1,19 +1,37 @@
 //go:build ignore
 
 /* synack runs at tcx ingress on the converter's server-facing interface and
- * keeps the TCP options of every SYN+ACK exactly as received, so that the
- * converter can echo the server's options to its client (RFC 8803 Extended
- * TCP Header TLV): the kernel exposes only a digest of them in TCP_INFO. */
+ * keeps the TCP options of the SYN+ACKs that answer the converter's own
+ * connecting sockets exactly as received, so that the converter can echo the
+ * server's options to its client (RFC 8803 Extended TCP Header TLV): the
+ * kernel exposes only a digest of them in TCP_INFO.
+ *
+ * A SYN+ACK is stored only when a local socket in SYN_SENT owns its 4-tuple:
+ * anything else (a forwarded SYN+ACK, a retransmission after the handshake,
+ * a forged one) would only fill the LRU map and push out the entries the
+ * engine is about to read. Entries are keyed by the full 4-tuple, so that
+ * two server legs to the same server port from different local addresses
+ * (address pool, preservation) with the same local port stay apart. */
 
 #include <linux/pkt_cls.h>
 #include "parse.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
-/* The server's side of the server-leg connection plus our local port: what
- * the converter knows right after connect. */
+/* The program only watches: it runs first on the interface and hands every
+ * packet to the next program (tcx stops at the first other verdict, and the
+ * steering program is on the server-facing interfaces too with address
+ * preservation). TCX_NEXT is in linux/pkt_cls.h of Linux 6.6 and later; the
+ * build headers may be older. */
+#ifndef TCX_NEXT
+#define TCX_NEXT (-1)
+#endif
+
+/* The server leg's 4-tuple, as the converter knows it right after connect
+ * (getpeername, getsockname). Addresses are IPv6, or IPv4-mapped IPv6. */
 struct synack_key {
-	__u8 addr[16]; /* IPv6, or IPv4-mapped IPv6 */
+	__u8 server_addr[16];
+	__u8 local_addr[16];
 	__u16 server_port; /* host byte order */
 	__u16 local_port;  /* host byte order */
 };
@@ -34,6 +52,7 @@ struct {
 enum synack_counter {
 	SYNACK_CAPTURED,      /* SYN+ACKs stored */
 	SYNACK_UPDATE_FAILED, /* map update refused */
+	SYNACK_SKIPPED,       /* SYN+ACKs that answer no local SYN_SENT socket */
 	SYNACK_COUNTERS,
 };
 
@@ -53,7 +72,29 @@ static __always_inline void count(enum synack_counter c)
 		*v += 1;
 }
 
-#define MAX_TCP_END (sizeof(struct ethhdr) + 60 + 60)
+#define MAX_TCP_END (MAX_TCP_OFF + 60)
+
+/* connecting reports whether the packet's tuple names a local socket in
+ * SYN_SENT: one of the converter's own connects waiting for this SYN+ACK.
+ * The lookup helpers take the tuple of the packet as received (saddr = the
+ * server), which is the socket's own tuple reversed. skc_lookup returns
+ * whatever socket owns the tuple as it is (sk_lookup would turn a request
+ * socket into its listener); the reference is dropped at once. */
+static __always_inline int connecting(struct __sk_buff *skb, struct pkt *p)
+{
+	struct bpf_sock *sk;
+	__u32 state;
+
+	if (p->v4)
+		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	state = sk->state;
+	bpf_sk_release(sk);
+	return state == BPF_TCP_SYN_SENT;
+}
 
 SEC("tc")
 int synack(struct __sk_buff *skb)
@@ -66,16 +107,20 @@ int synack(struct __sk_buff *skb)
 	__u8 *opts;
 
 	if (parse_tcp(skb, &p))
-		return TC_ACT_OK;
+		return TCX_NEXT;
 	if ((p.flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)) != (TCPF_SYN | TCPF_ACK))
-		return TC_ACT_OK;
+		return TCX_NEXT;
+	if (!connecting(skb, &p)) {
+		count(SYNACK_SKIPPED);
+		return TCX_NEXT;
+	}
 
 	end = p.tcp_off + p.doff;
 	if (end > MAX_TCP_END)
-		return TC_ACT_OK;
+		return TCX_NEXT;
 	if ((void *)(long)skb->data + end > (void *)(long)skb->data_end &&
 	    (end > skb->len || bpf_skb_pull_data(skb, end)))
-		return TC_ACT_OK;
+		return TCX_NEXT;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	opts = data + p.tcp_off + sizeof(struct tcphdr);
@@ -89,13 +134,17 @@ int synack(struct __sk_buff *skb)
 	}
 
 	if (p.v4) {
-		key.addr[10] = 0xff;
-		key.addr[11] = 0xff;
-		__builtin_memcpy(&key.addr[12], &p.tuple.ipv4.saddr, 4);
+		key.server_addr[10] = 0xff;
+		key.server_addr[11] = 0xff;
+		__builtin_memcpy(&key.server_addr[12], &p.tuple.ipv4.saddr, 4);
+		key.local_addr[10] = 0xff;
+		key.local_addr[11] = 0xff;
+		__builtin_memcpy(&key.local_addr[12], &p.tuple.ipv4.daddr, 4);
 		key.server_port = bpf_ntohs(p.tuple.ipv4.sport);
 		key.local_port = bpf_ntohs(p.tuple.ipv4.dport);
 	} else {
-		__builtin_memcpy(key.addr, p.tuple.ipv6.saddr, 16);
+		__builtin_memcpy(key.server_addr, p.tuple.ipv6.saddr, 16);
+		__builtin_memcpy(key.local_addr, p.tuple.ipv6.daddr, 16);
 		key.server_port = bpf_ntohs(p.tuple.ipv6.sport);
 		key.local_port = bpf_ntohs(p.tuple.ipv6.dport);
 	}
@@ -104,5 +153,5 @@ int synack(struct __sk_buff *skb)
 		count(SYNACK_UPDATE_FAILED);
 	else
 		count(SYNACK_CAPTURED);
-	return TC_ACT_OK;
+	return TCX_NEXT;
 }

@@ -10,7 +10,9 @@ import (
 )
 
 // SynAckCapture is the loaded synack program: it records the TCP options of
-// SYN+ACKs arriving on the interfaces it is attached to.
+// the SYN+ACKs arriving on the interfaces it is attached to that answer a
+// local socket in SYN_SENT (the converter's own connects), keyed by the
+// 4-tuple; other SYN+ACKs are counted as skipped.
 type SynAckCapture struct {
 	objs  synackObjects
 	links tcxLinks
@@ -21,6 +23,7 @@ type SynAckCapture struct {
 var synackCounterNames = []string{
 	synackSynackCounterSYNACK_CAPTURED:      "captured",
 	synackSynackCounterSYNACK_UPDATE_FAILED: "update_failed",
+	synackSynackCounterSYNACK_SKIPPED:       "skipped",
 }
 
 // LoadSynAckCapture loads the synack program into the kernel.
@@ -37,6 +40,7 @@ func LoadSynAckCapture() (*SynAckCapture, error) {
 		return nil, fmt.Errorf("load synack program: %w", err)
 	}
 	c.links.prog = c.objs.Synack
+	c.links.first = true // it returns TCX_NEXT: whatever follows still runs
 	return c, nil
 }
 
@@ -47,24 +51,33 @@ func checkSynackSpec(spec *ebpf.CollectionSpec) error {
 	return checkMap(spec, synackMapSynackOpts, synackSynackKey{}, synackSynackVal{})
 }
 
-// Attach attaches the program at tcx ingress of the interface with this
-// index in the calling thread's network namespace.
+// Attach attaches the program first at tcx ingress of the interface with
+// this index in the calling thread's network namespace, ahead of the
+// steering program where both run (address preservation). It passes every
+// packet on to the next program.
 func (c *SynAckCapture) Attach(ifindex int) error { return c.links.attach(ifindex) }
 
 // Detach removes the program from the interface with this index in the
 // calling thread's network namespace.
 func (c *SynAckCapture) Detach(ifindex int) error { return c.links.detach(ifindex) }
 
-func synackKeyOf(remote netip.AddrPort, localPort uint16) synackSynackKey {
-	// As16 maps IPv4 to ::ffff:a.b.c.d, as the program does.
-	return synackSynackKey{Addr: remote.Addr().As16(), ServerPort: remote.Port(), LocalPort: localPort}
+// synackKeyOf is the map key of the server leg from local to remote. As16
+// maps IPv4 to ::ffff:a.b.c.d, as the program does; zones are dropped.
+func synackKeyOf(local, remote netip.AddrPort) synackSynackKey {
+	return synackSynackKey{
+		ServerAddr: remote.Addr().As16(),
+		LocalAddr:  local.Addr().As16(),
+		ServerPort: remote.Port(),
+		LocalPort:  local.Port(),
+	}
 }
 
 // Lookup returns the TCP option bytes of the SYN+ACK that remote sent to
-// localPort, exactly as received (possibly empty), and whether one was
-// captured.
-func (c *SynAckCapture) Lookup(remote netip.AddrPort, localPort uint16) ([]byte, bool) {
-	key := synackKeyOf(remote, localPort)
+// local, exactly as received (possibly empty), and whether one was
+// captured. local and remote are the server leg's getsockname and
+// getpeername; IPv4 and IPv4-mapped IPv6 addresses are the same here.
+func (c *SynAckCapture) Lookup(local, remote netip.AddrPort) ([]byte, bool) {
+	key := synackKeyOf(local, remote)
 	var v synackSynackVal
 	if err := c.objs.SynackOpts.Lookup(&key, &v); err != nil {
 		return nil, false
@@ -73,18 +86,21 @@ func (c *SynAckCapture) Lookup(remote netip.AddrPort, localPort uint16) ([]byte,
 	return append([]byte{}, v.Opts[:n]...), true
 }
 
-// Delete forgets the entry for remote and localPort; a missing entry is not
-// an error (the map is LRU, and an entry may have aged out).
-func (c *SynAckCapture) Delete(remote netip.AddrPort, localPort uint16) error {
-	key := synackKeyOf(remote, localPort)
+// Delete forgets the entry of the server leg from local to remote; a
+// missing entry is not an error (the map is LRU, and an entry may have aged
+// out).
+func (c *SynAckCapture) Delete(local, remote netip.AddrPort) error {
+	key := synackKeyOf(local, remote)
 	err := c.objs.SynackOpts.Delete(&key)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete syn+ack options of %s to port %d: %w", remote, localPort, err)
+		return fmt.Errorf("delete syn+ack options of %s to %s: %w", remote, local, err)
 	}
 	return nil
 }
 
-// Counters returns captured and update_failed, summed over all CPUs.
+// Counters returns captured, update_failed and skipped (SYN+ACKs that
+// answer no local SYN_SENT socket: forwarded, retransmitted after the
+// handshake, or forged), summed over all CPUs.
 func (c *SynAckCapture) Counters() (map[string]uint64, error) {
 	return sumCounters(c.objs.SynackCounters, synackCounterNames)
 }

@@ -18,12 +18,14 @@ type synackSynackCounter uint32
 const (
 	synackSynackCounterSYNACK_CAPTURED      synackSynackCounter = 0
 	synackSynackCounterSYNACK_UPDATE_FAILED synackSynackCounter = 1
-	synackSynackCounterSYNACK_COUNTERS      synackSynackCounter = 2
+	synackSynackCounterSYNACK_SKIPPED       synackSynackCounter = 2
+	synackSynackCounterSYNACK_COUNTERS      synackSynackCounter = 3
 )
 
 type synackSynackKey struct {
 	_          structs.HostLayout
-	Addr       [16]uint8
+	ServerAddr [16]uint8
+	LocalAddr  [16]uint8
 	ServerPort uint16
 	LocalPort  uint16
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -35,6 +36,7 @@ func transparentFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "announce", Usage: "announce `ADDR[:PORT]` to MPTCP clients (ADD_ADDR) through the kernel path manager, so their extra subflows join it (repeatable)"},
 		&cli.UintFlag{Name: "mark", Value: defaultMark, Usage: "fwmark of steered packets (transparent mode)"},
 		&cli.IntFlag{Name: "route-table", Value: defaultRouteTable, Usage: "routing table of the local route for marked packets (transparent mode)"},
+		&cli.IntFlag{Name: "max-transparent-ports", Value: engine.DefaultMaxTransparentPorts, Usage: "per-port listeners for the joins of steered connections, at most (one per destination port in use; transparent mode)"},
 	}
 }
 
@@ -105,7 +107,7 @@ func (dp *dataplane) steer(c *cli.Context, cfg *engine.Config, transparent, pres
 		return fmt.Errorf("transparent mode: %w", err)
 	}
 	mark := uint32(c.Uint("mark"))
-	s, err := bpf.LoadSteering(bpf.SteeringConfig{Mark: mark, Port: listenPort(cfg.Listen)})
+	s, err := bpf.LoadSteering(bpf.SteeringConfig{Mark: mark, Port: listenPort(cfg.Listen), MaxTokens: maxTokens(*cfg)})
 	if err != nil {
 		return fmt.Errorf("load steering program: %w", err)
 	}
@@ -273,6 +275,11 @@ func (dp *dataplane) close(log *slog.Logger) {
 	}
 }
 
+// loaded reports whether any BPF program is in use.
+func (dp *dataplane) loaded() bool {
+	return dp.synwin != nil || dp.steering != nil || dp.synacks != nil
+}
+
 // status is what `converter bpf status` shows, served on the control socket.
 func (dp *dataplane) status() any {
 	out := map[string]any{}
@@ -303,6 +310,20 @@ func ifindex(name string) (int, error) {
 		return 0, fmt.Errorf("interface %s: %w", name, err)
 	}
 	return ifc.Index, nil
+}
+
+// maxTokens sizes the steering program's token map: the engine holds one
+// MPTCP token per session (removed before the session leaves the table), so
+// the session limit bounds the tokens; 0 is the engine's default limit.
+func maxTokens(cfg engine.Config) uint32 {
+	n := cfg.MaxSessions
+	if n <= 0 {
+		n = cfg.WithDefaults().MaxSessions
+	}
+	if uint64(n) > math.MaxUint32 {
+		return math.MaxUint32 // the kernel refuses a map this size: load fails and says so
+	}
+	return uint32(n)
 }
 
 // listenPort is the port of the first listen address: the steering

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -22,7 +24,13 @@ type Routing struct {
 
 	rules  []*netlink.Rule
 	routes []*netlink.Route
+	// earlyDemux is net.ipv4.tcp_early_demux as found, restored by
+	// Remove; empty when it was not changed.
+	earlyDemux string
 }
+
+// earlyDemuxPath is per network namespace and covers IPv6 too.
+const earlyDemuxPath = "/proc/sys/net/ipv4/tcp_early_demux"
 
 // rulePriority sits before the main table's rule (32766) so marked
 // packets never reach the forwarding path, where an assigned socket
@@ -43,6 +51,17 @@ func Install(mark uint32, table int) (*Routing, error) {
 			r.Remove()
 			return nil, err
 		}
+	}
+	// Packets of a 4-tuple whose local socket is in TIME_WAIT are not
+	// marked (a client may reuse the tuple for a plain connection to the
+	// real server); early demux would attach that TIME_WAIT socket before
+	// routing and drop the forwarded packets until TIME_WAIT ends.
+	if old, err := os.ReadFile(earlyDemuxPath); err == nil && strings.TrimSpace(string(old)) != "0" {
+		if err := os.WriteFile(earlyDemuxPath, []byte("0"), 0); err != nil {
+			r.Remove()
+			return nil, fmt.Errorf("set net.ipv4.tcp_early_demux=0: %w", err)
+		}
+		r.earlyDemux = strings.TrimSpace(string(old))
 	}
 	return r, nil
 }
@@ -89,6 +108,12 @@ func (r *Routing) Remove() error {
 		}
 	}
 	r.rules, r.routes = nil, nil
+	if r.earlyDemux != "" {
+		if err := os.WriteFile(earlyDemuxPath, []byte(r.earlyDemux), 0); err != nil && first == nil {
+			first = fmt.Errorf("restore net.ipv4.tcp_early_demux=%s: %w", r.earlyDemux, err)
+		}
+		r.earlyDemux = ""
+	}
 	return first
 }
 
