@@ -104,6 +104,11 @@ type Config struct {
 	// (mixed policy). The replies must be delivered to this host: the
 	// steering program marks them on the server-facing interfaces.
 	Preserve bool
+	// VerifyClientFirst holds the server-leg connect until the client's
+	// handshake completed, so that a spoofed source never makes the
+	// server see a SYN (RFC 8803 §9: preservation relies on ingress
+	// filtering otherwise). It costs one client round trip.
+	VerifyClientFirst bool
 	// Hairpin allows destinations that are addresses of the shared pool
 	// (RFC 8803 §9.2 allows hairpinning; disabled it is Not Authorized).
 	Hairpin bool

@@ -400,6 +400,16 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	if r != nil {
 		return r
 	}
+	if s.cfg.VerifyClientFirst {
+		// No server-leg SYN before the client proved its address: the
+		// 0-RTT gain is traded for spoofing safety (preserve mode
+		// without ingress filtering).
+		<-sess.handshake.done
+		if sess.handshake.err != nil {
+			s.stats.unverified.Add(1)
+			return &refusal{action: tlv.ActionAbort, reason: errUnverified.Error()}
+		}
+	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	server, err := dialVerified(dctx, sess.handshake, unverifiedSynWindow, func(ctx context.Context) (*net.TCPConn, error) {

@@ -17,6 +17,7 @@ import (
 	"github.com/convert-tc/converter/engine"
 	"github.com/convert-tc/converter/internal/addrpolicy"
 	"github.com/convert-tc/converter/internal/mptcpevents"
+	"github.com/convert-tc/converter/internal/privdrop"
 	"github.com/convert-tc/converter/internal/tfowindow"
 )
 
@@ -45,6 +46,9 @@ func runCommand(io stdio) *cli.Command {
 			&cli.DurationFlag{Name: "idle-timeout", Value: 2*time.Hour + 4*time.Minute, Usage: "close sessions idle this long (0: never)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "unix socket serving the session table (mode 0600); empty to disable"},
+			&cli.BoolFlag{Name: "verify-client-first", Usage: "dial the server only once the client completed its handshake (no 0-RTT; for --nat preserve without ingress filtering)"},
+			&cli.StringFlag{Name: "user", Usage: "after set-up, run as this `USER` (and its group), keeping only the capabilities the daemon needs"},
+			&cli.BoolFlag{Name: "keep-privileges", Usage: "do not drop capabilities after set-up (debugging only)"},
 			&cli.StringFlag{Name: "tfo-window-clamp", Value: string(tfowindow.ModeAuto), Usage: "lower the window of Convert SYNs with eBPF, against the kernel fault that stalls downloads of MPTCP clients that sent SYN data: auto (where a start-up probe finds the fault), on or off"},
 		}, append(append(transparentFlags(), natFlags()...), cookieFlags()...)...),
 		Action: func(c *cli.Context) error {
@@ -95,6 +99,9 @@ func runCommand(io stdio) *cli.Command {
 			for _, a := range srv.Addrs() {
 				cfg.Logger.Info("listening", "address", a.String())
 			}
+			if err := dropPrivileges(c, dp, cfg.Logger); err != nil {
+				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
+			}
 			err = srv.Serve(ctx)
 			cancel()
 			side.Wait()
@@ -124,6 +131,7 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 		RatePerClient:        c.Int("rate-per-client"),
 		ClientPrefixV6:       c.Int("client-prefix-v6"),
 		MaxTransparentPorts:  c.Int("max-transparent-ports"),
+		VerifyClientFirst:    c.Bool("verify-client-first"),
 		Logger:               slog.New(slog.NewJSONHandler(io.err, &slog.HandlerOptions{Level: level})),
 	}
 	if cfg.RatePerClient == 0 {
@@ -148,6 +156,37 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// dropPrivileges keeps, once everything is set up, only what the daemon
+// still needs: CAP_NET_ADMIN (transparent sockets, removing routes and
+// endpoints at exit), CAP_NET_BIND_SERVICE (per-port listeners on low
+// ports) and CAP_BPF where programs are loaded (map updates); no_new_privs;
+// and with --user that user. A binary built with cgo cannot do this on
+// every thread: it says so and keeps running.
+func dropPrivileges(c *cli.Context, dp *dataplane, log *slog.Logger) error {
+	if c.Bool("keep-privileges") {
+		log.Warn("privileges kept", "reason", "--keep-privileges")
+		return nil
+	}
+	keep := []int{privdrop.CapNetAdmin, privdrop.CapNetBindService}
+	if dp.loaded() {
+		keep = append(keep, privdrop.CapBPF)
+	}
+	err := privdrop.Drop(keep, c.String("user"))
+	switch {
+	case errors.Is(err, privdrop.ErrCgo) && c.String("user") == "":
+		log.Error("privileges kept", "error", err.Error())
+		return nil
+	case err != nil:
+		return fmt.Errorf("drop privileges: %w", err)
+	}
+	var mask uint64
+	for _, k := range keep {
+		mask |= 1 << k
+	}
+	log.Info("privileges dropped", "keep", privdrop.Names(mask), "user", c.String("user"), "no_new_privs", true)
+	return nil
 }
 
 // prefixes parses CIDRs; a bare address is a single-address prefix.
