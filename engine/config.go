@@ -79,6 +79,10 @@ type Config struct {
 	// then record the original destination beside the Connect one.
 	Transparent bool
 
+	// ReservedPorts are ports the engine never opens or closes a
+	// per-port listener on: announced endpoint ports, which the kernel
+	// listens on itself.
+	ReservedPorts []uint16
 	// MaxTransparentPorts caps the per-port transparent listeners that
 	// take the joins of steered connections (one per destination port in
 	// use).

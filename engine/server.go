@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -97,7 +98,7 @@ func (s *Server) addListener(l *net.TCPListener) {
 func (s *Server) acquirePort(port uint16) (release func()) {
 	s.mu.Lock()
 	ctx := s.serveCtx
-	if s.ports[port] || ctx == nil || ctx.Err() != nil {
+	if s.ports[port] || slices.Contains(s.cfg.ReservedPorts, port) || ctx == nil || ctx.Err() != nil {
 		s.mu.Unlock()
 		return func() {}
 	}

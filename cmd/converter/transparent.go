@@ -77,7 +77,7 @@ func setupDataplane(c *cli.Context, cfg *engine.Config, clamp tfowindow.Decision
 		}
 	}
 	if addrs := c.StringSlice("announce"); len(addrs) > 0 {
-		if err := dp.announceAddrs(addrs); err != nil {
+		if err := dp.announceAddrs(addrs, cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -228,7 +228,7 @@ func (dp *dataplane) captureSynAcks(ifaces []string, cfg *engine.Config) error {
 	return nil
 }
 
-func (dp *dataplane) announceAddrs(addrs []string) error {
+func (dp *dataplane) announceAddrs(addrs []string, cfg *engine.Config) error {
 	pm, err := mptcppm.Open()
 	if err != nil {
 		return err
@@ -244,6 +244,18 @@ func (dp *dataplane) announceAddrs(addrs []string) error {
 			return err
 		}
 		dp.announce = append(dp.announce, e)
+		// The kernel listens on an announced port itself. A join to it
+		// carries a known token, so the steering program would assign it
+		// to the converter's port, where the kernel refuses it
+		// (MismatchPortSynRx); registered, the port is looked up on the
+		// join's own tuple and finds the kernel's listener. The engine
+		// never opens or closes a per-port listener on it.
+		if p := ap.Port(); p != 0 && dp.steering != nil {
+			if err := dp.steering.AddListenerPort(p); err != nil {
+				return err
+			}
+			cfg.ReservedPorts = append(cfg.ReservedPorts, p)
+		}
 	}
 	return nil
 }

@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/convert-tc/converter/client"
+	"github.com/convert-tc/converter/internal/labtest"
 	"github.com/convert-tc/converter/lab"
 	"github.com/convert-tc/converter/sockinfo"
 )
@@ -146,8 +149,9 @@ func TestTransparentConversion(t *testing.T) {
 }
 
 // uploadWithSubflows sends n bytes one way through a transparent
-// conversion and returns the client's subflows sampled while it ran.
-func (e *transparentEnv) uploadWithSubflows(t *testing.T, dest string, n int64) []sockinfo.Subflow {
+// conversion and returns the client's subflows sampled while it ran;
+// connected, if not nil, runs once the Convert reply is in.
+func (e *transparentEnv) uploadWithSubflows(t *testing.T, dest string, n int64, connected func()) []sockinfo.Subflow {
 	t.Helper()
 	l := e.listen(e.serverNS(), dest, false)
 	seen := make(chan int64, 1)
@@ -167,7 +171,10 @@ func (e *transparentEnv) uploadWithSubflows(t *testing.T, dest string, n int64) 
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitSubflows(t, c.TCPConn, 2) // the join follows the converter's first data
+	if connected != nil {
+		connected()
+	}
+	waitSubflows(t, c.TCPConn, 2)
 	sampler := sampleSubflows(c.TCPConn)
 	if _, err := io.Copy(c, stream(11, n)); err != nil {
 		t.Fatal(err)
@@ -188,7 +195,7 @@ func (e *transparentEnv) uploadWithSubflows(t *testing.T, dest string, n int64) 
 // splits them is its own affair: each subflow is asked for 16 KiB of data.
 func TestTransparentJoinOriginalPort(t *testing.T) {
 	e := newTransparentEnv(t)
-	sfs := e.uploadWithSubflows(t, "10.201.3.2:8041", 32<<20)
+	sfs := e.uploadWithSubflows(t, "10.201.3.2:8041", 32<<20, nil)
 	checkTwoSubflowsMoved(t, sfs, 16<<10)
 	for _, sf := range sfs {
 		if sf.Remote.String() != "10.201.3.2:8041" {
@@ -202,11 +209,26 @@ func TestTransparentJoinOriginalPort(t *testing.T) {
 
 // TestTransparentJoinAnnounced: with --announce, the converter's own
 // address and port are announced (ADD_ADDR) and the client's extra subflow
-// joins them; no steering is needed for it.
+// joins them; no steering is needed for it, and the steering program must
+// not take it: the join's token is in its map, and a join assigned to the
+// converter's port is refused by the kernel (MismatchPortSynRx, then
+// MP_TCPRST, and the client does not try again).
+//
+// Where the join lands depends on a race: the converter puts the token in
+// the map when it accepts the connection, while the kernel sends the
+// ADD_ADDR from its path-manager worker once the connection is fully
+// established, before or after that accept. On a real path the join comes
+// a round trip after the ADD_ADDR, so the token is practically always there
+// first; on the lab's zero-delay veths the join sometimes wins and never
+// meets the steering program. The test holds the client's copy of the
+// ADD_ADDR until the Convert reply is in (the token went into the map
+// before the reply was written); the kernel sends it again after
+// add_addr_timeout.
 func TestTransparentJoinAnnounced(t *testing.T) {
+	labtest.Require(t, "nft")
 	e := newTransparentEnv(t, "--announce", "10.201.2.1:5125")
 	// An ADD_ADDR the client did not echo is sent again after
-	// add_addr_timeout, 120 s by default; make a lost one cost a second.
+	// add_addr_timeout, 120 s by default; make the held one cost a second.
 	if out, err := e.lab.Command(context.Background(), e.converterNS(), "sysctl", "-w", "net.mptcp.add_addr_timeout=1").CombinedOutput(); err != nil {
 		t.Fatalf("sysctl: %v %s", err, out)
 	}
@@ -214,7 +236,32 @@ func TestTransparentJoinAnnounced(t *testing.T) {
 	if out, err := e.lab.Command(context.Background(), e.clientNS(), "ip", "mptcp", "endpoint", "flush").CombinedOutput(); err != nil {
 		t.Fatalf("flush client endpoints: %v %s", err, out)
 	}
-	sfs := e.uploadWithSubflows(t, "10.201.3.2:8042", 32<<20)
+	// Drop ADD_ADDRs (MPTCP option subtype 3) reaching the client until
+	// the connection is set up.
+	nft := func(stdin string, args ...string) string {
+		t.Helper()
+		cmd := e.lab.Command(context.Background(), e.clientNS(), "nft", args...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft %v: %v %s", args, err, out)
+		}
+		return string(out)
+	}
+	nft("table inet hold_add_addr {\n chain in {\n  type filter hook input priority 0;\n  tcp option mptcp subtype 3 counter drop\n }\n}\n", "-f", "-")
+	release := func() {
+		held := regexp.MustCompile(`packets \d+`).FindString(nft("", "list", "table", "inet", "hold_add_addr"))
+		nft("", "delete", "table", "inet", "hold_add_addr")
+		t.Logf("ADD_ADDRs held until the reply was in: %s", held)
+	}
+	before := netstatIn(t, e.converterNS())
+	t.Cleanup(func() {
+		if t.Failed() {
+			logCounterDeltas(t, "converter", before, netstatIn(t, e.converterNS()))
+			t.Logf("steering counters: %v", e.bpfStatus(t)["counters"])
+		}
+	})
+	sfs := e.uploadWithSubflows(t, "10.201.3.2:8042", 32<<20, release)
 	checkTwoSubflowsMoved(t, sfs, 16<<10)
 	joined := false
 	for _, sf := range sfs {
@@ -222,6 +269,13 @@ func TestTransparentJoinAnnounced(t *testing.T) {
 	}
 	if !joined {
 		t.Errorf("no subflow to the announced 10.201.2.1:5125: %v", sfs)
+	}
+	after := netstatIn(t, e.converterNS())
+	if d := after["MPTcpExtMismatchPortSynRx"] - before["MPTcpExtMismatchPortSynRx"]; d != 0 {
+		t.Errorf("the converter refused %d joins on the wrong port (MismatchPortSynRx)", d)
+	}
+	if after["MPTcpExtMPJoinPortAckRx"] == before["MPTcpExtMPJoinPortAckRx"] {
+		t.Errorf("no join completed on the announced port (MPJoinPortAckRx)")
 	}
 }
 
@@ -333,6 +387,25 @@ func TestTransparentMalformedFlood(t *testing.T) {
 			t.Errorf("a malformed SYN was refused with %v", r)
 		}
 	}
+}
+
+// netstatIn reads the TCP and MPTCP counters of namespace ns.
+func netstatIn(t *testing.T, ns string) map[string]uint64 {
+	t.Helper()
+	var out map[string]uint64
+	err := lab.RunIn(ns, func() error {
+		// thread-self: /proc/self/net is the main thread's namespace.
+		b, err := os.ReadFile("/proc/thread-self/net/netstat")
+		if err != nil {
+			return err
+		}
+		out, err = parseNetstat(string(b))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("netstat in %s: %v", ns, err)
+	}
+	return out
 }
 
 // waitSubflows waits until the connection has n established subflows.
