@@ -9,10 +9,15 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"github.com/convert-tc/converter/client"
 	"github.com/convert-tc/converter/tlv"
@@ -344,4 +349,117 @@ func TestAttackStoppedReaders(t *testing.T) {
 	if _, _, err := e.download(t, 2, 4<<20, 10*time.Second); err != nil {
 		t.Errorf("a download beside the stopped readers: %v", err)
 	}
+}
+
+// TestAttackSpoofedSYNs: 10,000 Convert SYNs with forged client sources
+// (built with gopacket, sent on a raw socket) arrive while a real client
+// converts. The real client's session works; no forged source ever
+// completes a handshake, so the server sees at most one SYN per forged
+// SYN (RFC 8803 §9.3) and the converter counts them unverified.
+func TestAttackSpoofedSYNs(t *testing.T) {
+	const spoofed = 10000
+	e := newEnv(t, "nft")
+	control := filepath.Join(t.TempDir(), "control.sock")
+	e.startConverter("--control", control, "--handshake-timeout", "2s")
+	echo(e.listen(e.serverNS(), "10.201.3.2:8074", false))
+	// Count the SYNs that reach the server's port.
+	nftIn(t, e, e.serverNS(), "table inet cvsyn {\n chain in {\n  type filter hook input priority 0;\n  tcp dport 8074 tcp flags & (syn | ack) == syn counter\n }\n}\n")
+
+	req, err := client.Options{Dest: netip.MustParseAddrPort("10.201.3.2:8074")}.Request()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- e.inClient(func() error { return floodSpoofedSYNs(spoofed, e.via4(), req) })
+	}()
+	// The real client converts during the flood.
+	if err := echoSessionWith(e, client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8074"), MPTCP: true}, 77, 1<<20); err != nil {
+		t.Errorf("the real client during the flood: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("flood: %v", err)
+	}
+	// Let every forged session run out its handshake timeout.
+	time.Sleep(3 * time.Second)
+	if err := echoSessionWith(e, client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8074"), MPTCP: true}, 78, 1<<20); err != nil {
+		t.Errorf("the real client after the flood: %v", err)
+	}
+	out, err := e.lab.Command(context.Background(), e.serverNS(), "nft", "-j", "list", "table", "inet", "cvsyn").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverSYNs := nftPackets(t, out)
+	st := converterStats(t, control)
+	t.Logf("%d forged SYNs sent; the server saw %d SYNs; converter: %v accepted, %v unverified, refused %v",
+		spoofed, serverSYNs, st["accepted"], st["unverified"], st["refused"])
+	// Two real sessions (one SYN each, maybe one retransmission).
+	if serverSYNs > spoofed+4 {
+		t.Errorf("the server saw %d SYNs for %d forged ones: amplification", serverSYNs, spoofed)
+	}
+	if u, _ := st["unverified"].(float64); u == 0 {
+		t.Errorf("no forged session counted unverified")
+	}
+}
+
+// floodSpoofedSYNs sends n TCP SYNs carrying payload from forged sources
+// of the client's path-1 subnet (hosts that do not exist) to via, on a
+// raw IPv4 socket of the calling thread's namespace.
+func floodSpoofedSYNs(n int, via netip.AddrPort, payload []byte) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+	if err != nil {
+		return fmt.Errorf("raw socket: %w", err)
+	}
+	defer unix.Close(fd)
+	dst := &unix.SockaddrInet4{Addr: via.Addr().As4()}
+	buf := gopacket.NewSerializeBuffer()
+	opts := gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}
+	for i := range n {
+		src := netip.AddrFrom4([4]byte{10, 201, 1, byte(100 + i%150)})
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.AsSlice(), DstIP: via.Addr().AsSlice()}
+		tcp := &layers.TCP{SrcPort: layers.TCPPort(20000 + i%40000), DstPort: layers.TCPPort(via.Port()), Seq: uint32(i) * 7919, SYN: true, Window: 64240,
+			Options: []layers.TCPOption{
+				{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: []byte{0x05, 0xb4}},
+				{OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{7}},
+				{OptionType: layers.TCPOptionKind(30), OptionLength: 4, OptionData: []byte{0x01, 0x81}}, // MP_CAPABLE v1
+			}}
+		tcp.SetNetworkLayerForChecksum(ip)
+		if err := gopacket.SerializeLayers(buf, opts, ip, tcp, gopacket.Payload(payload)); err != nil {
+			return err
+		}
+		if err := unix.Sendto(fd, buf.Bytes(), 0, dst); err != nil {
+			return fmt.Errorf("send forged SYN %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// nftPackets sums the packet counters of `nft -j list` output.
+func nftPackets(t *testing.T, out []byte) int {
+	t.Helper()
+	var v struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("nft json: %v", err)
+	}
+	total := 0
+	for _, item := range v.Nftables {
+		rule, ok := item["rule"]
+		if !ok {
+			continue
+		}
+		var r struct {
+			Expr []map[string]json.RawMessage `json:"expr"`
+		}
+		json.Unmarshal(rule, &r)
+		for _, x := range r.Expr {
+			if c, ok := x["counter"]; ok {
+				var cnt struct{ Packets int }
+				json.Unmarshal(c, &cnt)
+				total += cnt.Packets
+			}
+		}
+	}
+	return total
 }
