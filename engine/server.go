@@ -116,18 +116,33 @@ func (s *Server) acquirePort(port uint16) (release func()) {
 		s.openPort(ctx, port, pl)
 	} else {
 		pl.refs++
+		revive := pl.linger != nil
+		if revive {
+			pl.linger.Stop()
+			pl.linger = nil
+		}
 		s.mu.Unlock()
 		<-pl.ready // a join may follow within a round trip: wait for it
+		if revive && pl.l != nil && s.cfg.Joins != nil {
+			s.cfg.Joins.AddListenerPort(port)
+		}
 	}
 	return func() { s.releasePort(port, pl) }
 }
 
 // portListener is one transparent per-port listener and its sessions.
 type portListener struct {
-	refs  int              // sessions that need it; guarded by Server.mu
-	l     *net.TCPListener // nil when opening failed
-	ready chan struct{}    // closed once l is set (or failed)
+	refs   int              // sessions that need it; guarded by Server.mu
+	l      *net.TCPListener // nil when opening failed
+	ready  chan struct{}    // closed once l is set (or failed)
+	linger *time.Timer      // set while it waits to close; guarded by Server.mu
 }
+
+// portLinger is how long a per-port listener stays open after its last
+// session, unregistered from the steering program: a SYN steered to it
+// just before is still accepted and served (closing at once reset it),
+// and a new session to the port in that time takes it back.
+const portLinger = time.Second
 
 func (s *Server) openPort(ctx context.Context, port uint16, pl *portListener) {
 	defer close(pl.ready)
@@ -154,21 +169,28 @@ func (s *Server) openPort(ctx context.Context, port uint16, pl *portListener) {
 
 func (s *Server) releasePort(port uint16, pl *portListener) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	pl.refs--
-	last := pl.refs == 0
-	if last {
-		delete(s.portListeners, port)
+	if pl.refs > 0 {
+		return
 	}
-	s.mu.Unlock()
-	if !last || pl.l == nil {
+	if pl.l == nil {
+		delete(s.portListeners, port)
 		return
 	}
 	// Unregister first, so that new SYNs to this port go to the main
-	// listener instead of a closing one.
+	// listener; close once those already steered here were accepted.
 	if s.cfg.Joins != nil {
 		s.cfg.Joins.RemoveListenerPort(port)
 	}
-	pl.l.Close()
+	pl.linger = time.AfterFunc(portLinger, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if pl.refs == 0 && s.portListeners[port] == pl {
+			delete(s.portListeners, port)
+			pl.l.Close()
+		}
+	})
 }
 
 // TransparentPorts returns how many per-port listeners are open.
