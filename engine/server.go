@@ -104,7 +104,7 @@ func (s *Server) acquirePort(port uint16) (release func()) {
 	}
 	pl := s.portListeners[port]
 	if pl == nil {
-		if len(s.portListeners) >= s.cfg.MaxTransparentPorts {
+		if len(s.portListeners) >= s.cfg.MaxTransparentPorts && !s.evictLingering() {
 			s.mu.Unlock()
 			s.stats.portsCapped.Add(1)
 			return func() {}
@@ -165,6 +165,20 @@ func (s *Server) openPort(ctx context.Context, port uint16, pl *portListener) {
 		defer s.wg.Done()
 		s.acceptLoop(ctx, l)
 	}()
+}
+
+// evictLingering closes one per-port listener that only lingers, to make
+// room under the cap; s.mu is held. It reports whether it found one.
+func (s *Server) evictLingering() bool {
+	for port, pl := range s.portListeners {
+		if pl.refs == 0 && pl.linger != nil {
+			pl.linger.Stop()
+			delete(s.portListeners, port)
+			pl.l.Close()
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) releasePort(port uint16, pl *portListener) {
@@ -429,6 +443,7 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 		// without ingress filtering).
 		<-sess.handshake.done
 		if sess.handshake.err != nil {
+			sess.unverified.Store(true)
 			s.stats.unverified.Add(1)
 			return &refusal{action: tlv.ActionAbort, reason: errUnverified.Error()}
 		}
@@ -443,6 +458,7 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 			return &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
 		}
 		if errors.Is(err, errUnverified) {
+			sess.unverified.Store(true)
 			s.stats.unverified.Add(1)
 			return &refusal{action: tlv.ActionAbort, reason: err.Error()}
 		}
@@ -500,6 +516,9 @@ func (s *session) sourceKind() string {
 }
 
 func (s *Server) releaseMapping(sess *session) {
+	if sess.mapping.External.IsValid() && sess.unverified.Load() {
+		s.cfg.NAT.LogUnverified(sess.mapping)
+	}
 	if sess.mapping.External.IsValid() {
 		s.cfg.NAT.Release(sess.mapping)
 	}
@@ -530,6 +549,7 @@ func (s *Server) synAckOptions(server *net.TCPConn, dest netip.AddrPort) (opts [
 func (s *Server) replyToClient(ctx context.Context, sess *session, reply []byte) error {
 	<-sess.handshake.done
 	if err := sess.handshake.err; err != nil {
+		sess.unverified.Store(true)
 		s.stats.unverified.Add(1)
 		return fmt.Errorf("%w: %v", errUnverified, err)
 	}

@@ -28,6 +28,7 @@ type session struct {
 	mptcp      bool            // the Client leg is MPTCP (false: plain TCP or fallback)
 	synData    bool            // the Convert message came in the SYN
 	handshake  *handshakeWatch // the client's handshake, watched from admission on
+	unverified atomic.Bool     // the client never completed its handshake
 	log        *slog.Logger
 	entry      *sessions.Entry // nil when the table was full
 

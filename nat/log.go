@@ -35,12 +35,16 @@ const logFlushSize = 32 << 10
 const (
 	EventAlloc   = "alloc"
 	EventRelease = "release"
+	// EventUnverified marks the external port of a session whose client
+	// never completed its handshake: its source may have been forged, so
+	// the port's use cannot be pinned on that client.
+	EventUnverified = "unverified"
 )
 
 // LogLine is the JSON form of one mapping log line.
 type LogLine struct {
 	Time     string `json:"time"`     // RFC 3339 with nanoseconds, UTC
-	Event    string `json:"event"`    // "alloc" or "release"
+	Event    string `json:"event"`    // "alloc", "release" or "unverified"
 	Client   string `json:"client"`   // the Client's address
 	External string `json:"external"` // the external address
 	Ports    string `json:"ports"`    // "first-last", inclusive

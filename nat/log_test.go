@@ -562,3 +562,27 @@ func TestMappingLogReopenConcurrent(t *testing.T) {
 	}
 	t.Logf("%d files (%d with lines), %d blocks, %d refused", len(files), nonEmpty, st.BlockAllocations, refused.Load())
 }
+
+func TestMappingLogUnverified(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "map.log")
+	l, err := OpenMappingLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := newClock()
+	p := mustPool(t, PoolConfig{
+		Prefixes: []netip.Prefix{pfx("192.0.2.10/32")}, BlockSize: 4, MaxBlocksPerClient: 1,
+		Hold: time.Second, Now: clk.Now, Log: l,
+	})
+	m := mustAlloc(t, p, ip("10.0.0.9"), IPv4)
+	p.LogUnverified(m)
+	p.Release(m)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, path)
+	if len(lines) != 2 || lines[1]["event"] != EventUnverified || lines[1]["client"] != "10.0.0.9" ||
+		lines[1]["external"] != "192.0.2.10" || lines[1]["ports"] != fmt.Sprintf("%d-%d", m.External.Port(), m.External.Port()) {
+		t.Errorf("lines %v: want the allocation, then one unverified line for port %d", lines, m.External.Port())
+	}
+}

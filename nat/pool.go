@@ -537,6 +537,14 @@ func (p *Pool) takePort(b *block, now int64) (uint16, bool) {
 
 // Release returns m's port; it goes on hold. Releasing a mapping that is
 // not allocated (or twice) returns ErrNotAllocated and changes nothing.
+// LogUnverified writes an "unverified" line for m's external port: the
+// session that used it ended before its client completed the handshake.
+// A line the log cannot take is counted by the log and not retried.
+func (p *Pool) LogUnverified(m Mapping) {
+	port := m.External.Port()
+	p.log.logBlock(p.now(), EventUnverified, m.Client.Unmap(), m.External.Addr().Unmap(), port, port)
+}
+
 func (p *Pool) Release(m Mapping) error {
 	ip := m.External.Addr().Unmap()
 	cl := m.Client.Unmap().WithZone("")

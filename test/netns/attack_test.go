@@ -208,11 +208,11 @@ func run(t *testing.T, e *env, ns string, name string, args ...string) {
 }
 
 // TestAttackTransparentPorts: in transparent mode each destination port
-// in use needs a per-port listener for joins. Sessions to 300 distinct
+// in use needs a per-port listener for joins. Sessions to 1,000 distinct
 // ports, 40 held at a time, open no more listeners than the cap, and
 // none is left once the sessions end.
 func TestAttackTransparentPorts(t *testing.T) {
-	const portCap, ports, held = 25, 300, 40
+	const portCap, ports, held = 25, 1000, 40
 	e := newTransparentEnv(t, "--max-transparent-ports", fmt.Sprint(portCap), "--rate-per-client", "0")
 	// One server listener answers every port: nft redirects them to it.
 	l := e.listen(e.serverNS(), "10.201.3.2:8099", false)
