@@ -11,7 +11,7 @@ FUZZTIME  ?= 15s
 # Fuzz targets, as package:target.
 FUZZ_TARGETS := ./tlv:FuzzParseRequest ./tlv:FuzzParseReply ./dissect:FuzzDecode \
 	./capture:FuzzStreams ./internal/mptcpevents:FuzzDecode ./sockinfo:FuzzDecode \
-	./nat:FuzzPool
+	./nat:FuzzPool ./cookie:FuzzValid
 
 # Debian packages the tests and the demo use at run time.
 DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy
@@ -20,8 +20,10 @@ DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy
 
 all: build
 
+# Without cgo: the daemon drops its capabilities on every thread at once
+# (syscall.AllThreadsSyscall), which Go allows only in cgo-free programs.
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/converter
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/converter
 
 # deps installs missing Debian packages (only when a tool is absent, so a
 # warm machine does not touch the network) and downloads Go modules.
@@ -82,3 +84,11 @@ bench: deps build
 
 clean:
 	rm -rf bin
+
+# kernel-check: build a kernel with and without kernel/patches/*.patch (the
+# MPTCP + TFO wnd_end fix), boot both under qemu (TCG) and run kernel/repro
+# in each; fails if the patched kernel stalls. Not part of `make test`: it
+# needs root and takes a long time. Overrides: KERNEL_SRC, WORKDIR, N, SIZE, RUNS, STALL.
+.PHONY: kernel-check
+kernel-check:
+	KERNEL_SRC="$(KERNEL_SRC)" WORKDIR="$(WORKDIR)" N="$(N)" SIZE="$(SIZE)" RUNS="$(RUNS)" STALL="$(STALL)" GO="$(GO)" kernel/check.sh
