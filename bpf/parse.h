@@ -150,3 +150,22 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 	p->flags = ((__u8 *)tcp)[13];
 	return 0;
 }
+
+/* sock_state returns the TCP state of the local socket of the packet's own
+ * tuple (request and time-wait sockets included: skc_lookup), or -1 when
+ * there is none; the reference is dropped at once. */
+static __always_inline int sock_state(struct __sk_buff *skb, struct pkt *p)
+{
+	struct bpf_sock *sk;
+	int state;
+
+	if (p->v4)
+		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return -1;
+	state = sk->state;
+	bpf_sk_release(sk);
+	return state;
+}

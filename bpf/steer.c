@@ -107,17 +107,10 @@ static __always_inline void count(enum steer_counter c)
  * Packets left unmarked here are counted in time_wait. */
 static __always_inline int local_flow(struct __sk_buff *skb, struct pkt *p)
 {
-	struct bpf_sock *sk;
-	__u32 state;
+	int state = sock_state(skb, p);
 
-	if (p->v4)
-		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
-	else
-		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
+	if (state < 0)
 		return 0;
-	state = sk->state;
-	bpf_sk_release(sk);
 	if (state == BPF_TCP_TIME_WAIT) {
 		count(STEER_TIME_WAIT);
 		return 0;

@@ -82,18 +82,7 @@ static __always_inline void count(enum synack_counter c)
  * socket into its listener); the reference is dropped at once. */
 static __always_inline int connecting(struct __sk_buff *skb, struct pkt *p)
 {
-	struct bpf_sock *sk;
-	__u32 state;
-
-	if (p->v4)
-		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
-	else
-		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	state = sk->state;
-	bpf_sk_release(sk);
-	return state == BPF_TCP_SYN_SENT;
+	return sock_state(skb, p) == BPF_TCP_SYN_SENT;
 }
 
 SEC("tc")

@@ -33,16 +33,7 @@ func (e *env) hostListener(t *testing.T, port int) *atomic.Int64 {
 	t.Helper()
 	var accepted atomic.Int64
 	l := e.listen(e.converterNS(), fmt.Sprintf("[::]:%d", port), false) // dual stack
-	go func() {
-		for {
-			c, err := l.AcceptTCP()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			c.Close()
-		}
-	}()
+	serveEach(l, func(*net.TCPConn) { accepted.Add(1) })
 	return &accepted
 }
 

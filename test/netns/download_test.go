@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/convert-tc/converter/client"
-	"github.com/convert-tc/converter/lab"
 )
 
 // The subscriber's real connection: an MPTCP client whose SYN carries the
@@ -147,52 +146,30 @@ func (e *env) download(t *testing.T, seed uint64, size int64, cut time.Duration)
 // serveDownloads answers each connection's request line "SEED SIZE" with
 // SIZE bytes of the stream SEED, then closes.
 func serveDownloads(l *net.TCPListener) {
-	go func() {
-		for {
-			c, err := l.AcceptTCP()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err != nil {
-					return
-				}
-				f := strings.Fields(line)
-				if len(f) != 2 {
-					return
-				}
-				seed, err1 := strconv.ParseUint(f[0], 10, 64)
-				size, err2 := strconv.ParseInt(f[1], 10, 64)
-				if err1 != nil || err2 != nil {
-					return
-				}
-				io.Copy(c, stream(seed, size))
-				c.CloseWrite()
-				io.Copy(io.Discard, c)
-			}()
+	serveEach(l, func(c *net.TCPConn) {
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return
 		}
-	}()
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			return
+		}
+		seed, err1 := strconv.ParseUint(f[0], 10, 64)
+		size, err2 := strconv.ParseInt(f[1], 10, 64)
+		if err1 != nil || err2 != nil {
+			return
+		}
+		io.Copy(c, stream(seed, size))
+		c.CloseWrite()
+		io.Copy(io.Discard, c)
+	})
 }
 
 // clientNetstat reads the client namespace's TCP and MPTCP counters.
 func (e *env) clientNetstat(t *testing.T) map[string]uint64 {
 	t.Helper()
-	var out map[string]uint64
-	err := lab.RunIn(e.clientNS(), func() error {
-		// thread-self: /proc/self/net is the main thread's namespace.
-		b, err := os.ReadFile("/proc/thread-self/net/netstat")
-		if err != nil {
-			return err
-		}
-		out, err = parseNetstat(string(b))
-		return err
-	})
-	if err != nil {
-		t.Fatalf("client netstat: %v", err)
-	}
-	return out
+	return netstatIn(t, e.clientNS())
 }
 
 // logCounterDeltas logs the MPTCP and TCP counters that moved.

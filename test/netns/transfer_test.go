@@ -119,6 +119,15 @@ func checkTwoSubflowsMoved(t *testing.T, sfs []sockinfo.Subflow, least uint64) {
 
 // echo serves every connection on l by sending back what it reads.
 func echo(l *net.TCPListener) {
+	serveEach(l, func(c *net.TCPConn) {
+		io.Copy(c, c)
+		c.CloseWrite()
+	})
+}
+
+// serveEach accepts every connection on l until it closes and runs fn on
+// each in a goroutine of its own, closing the connection after.
+func serveEach(l *net.TCPListener, fn func(*net.TCPConn)) {
 	go func() {
 		for {
 			c, err := l.AcceptTCP()
@@ -127,8 +136,7 @@ func echo(l *net.TCPListener) {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
-				c.CloseWrite()
+				fn(c)
 			}()
 		}
 	}()
