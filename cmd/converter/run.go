@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"os/signal"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -89,6 +92,7 @@ func runCommand(io stdio) *cli.Command {
 			}
 			ctx, cancel := context.WithCancel(c.Context)
 			defer cancel()
+			keepRunningOnHUP(ctx, cfg.Logger)
 			if cfg.Cookies != nil {
 				go reloadCookiesOnHUP(ctx, cfg.Cookies, c.String("cookie-secret"), cfg.Logger)
 			}
@@ -156,6 +160,26 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// keepRunningOnHUP makes SIGHUP harmless whatever the mode: what can be
+// reloaded (the cookie secret, the mapping log) has handlers of its own;
+// without them the signal's default action would kill the daemon and
+// every session with it.
+func keepRunningOnHUP(ctx context.Context, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				log.Info("SIGHUP received", "reloads", "cookie secret and mapping log, where configured")
+			}
+		}
+	}()
 }
 
 // dropPrivileges keeps, once everything is set up, only what the daemon

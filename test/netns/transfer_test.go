@@ -399,3 +399,23 @@ func TestIdleTimeout(t *testing.T) {
 		t.Errorf("session end records: %v", ends)
 	}
 }
+
+// TestSIGHUPKeepsSessions: SIGHUP reloads, it never stops the daemon (in
+// the default mode it used to kill it and every session).
+func TestSIGHUPKeepsSessions(t *testing.T) {
+	e := newEnv(t)
+	conv := e.startConverter()
+	echo(e.listen(e.serverNS(), "10.201.3.2:8075", false))
+	c, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8075"), MPTCP: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conv.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	conv.waitRecords(t, "SIGHUP received", 1)
+	got := exchange(c.TCPConn, 9, 1<<20)
+	if got.err != nil || got.got != 1<<20 || got.gotDigest != streamDigest(9, 1<<20) {
+		t.Fatalf("session after SIGHUP: %d bytes, %v", got.got, got.err)
+	}
+}
