@@ -59,3 +59,14 @@ r = json.load(open(sys.argv[1]))
 print("throughput: %.2f Gbit/s (%d bytes in %.2f s)" % (r["bits_per_second"] / 1e9, r["bytes"], r["seconds"]))
 PY
 [ "$shown" -gt 0 ] || echo "(the transfer ended before the session table could be shown; try BYTES=16G)"
+
+say "download: $BYTES from the server to the client (what phones mostly do; Convert message in the SYN, two subflows)"
+ip netns exec "$CLI" "$BIN" bench --via 10.201.1.1:5124 --direction down --bytes "$BYTES" --json 10.201.3.2:9000 >"$TMP/down.json"
+cat "$TMP/down.json"
+python3 - "$TMP/down.json" <<'PY' 2>/dev/null || true
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("download: %.2f Gbit/s (%d bytes in %.2f s, %s subflows)" % (r["down"]["bits_per_second"] / 1e9, r["down"]["bytes"], r["down"]["seconds"], r.get("subflows")))
+PY
+say "the converter's TFO window clamp (kernel fault of MPTCP sockets accepted with SYN data; README, known kernel issues)"
+"$BIN" bpf status --control "$CONTROL" --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("synwin counters:", d.get("synwin_counters"))' || true
