@@ -15,6 +15,9 @@ const (
 	DefaultRatePerClient        = 200 // new sessions per second; the burst is as large
 	DefaultClientPrefixV6       = 64
 	DefaultMaxTransparentPorts  = 1024
+	// DefaultShutdownDrain is how long sessions may run to their end
+	// after SIGTERM.
+	DefaultShutdownDrain = 30 * time.Second
 )
 
 // clientKey is what every per-client limit counts by, and what NAT pairs:

@@ -35,6 +35,9 @@ type Config struct {
 	// IdleTimeout closes a session in which no byte moved for so long;
 	// 0 means never.
 	IdleTimeout time.Duration
+	// ShutdownDrain is how long Serve lets sessions run to their end once
+	// its context ends, before it aborts them; negative: no drain.
+	ShutdownDrain time.Duration
 
 	// Cookies turns on cookie mode (RFC 8803 §6.2.7) when not nil.
 	Cookies *cookie.Keys
@@ -132,6 +135,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 5 * time.Second
+	}
+	if c.ShutdownDrain == 0 {
+		c.ShutdownDrain = DefaultShutdownDrain
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 2 * time.Second

@@ -45,6 +45,13 @@ type Server struct {
 	portListeners map[uint16]*portListener
 	sessions      map[*session]struct{}
 	wg            sync.WaitGroup
+	// sessCtx is the sessions' context: unlike serveCtx it outlives the
+	// start of a drain and ends only when the sessions are aborted.
+	sessCtx    context.Context
+	abortSess  context.CancelFunc
+	draining   atomic.Bool
+	abortDrain chan struct{} // closed by Abort
+	abortOnce  sync.Once
 }
 
 // New checks cfg and returns a Server that is not listening yet.
@@ -53,7 +60,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("converter config: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg), refusalLog: newLogLimiter(refusalLogRate, refusalLogBurst)}
+	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), abortDrain: make(chan struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg), refusalLog: newLogLimiter(refusalLogRate, refusalLogBurst)}
 	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
 	return s, nil
 }
@@ -225,13 +232,18 @@ func (s *Server) Addrs() []net.Addr {
 	return out
 }
 
-// Serve accepts and converts connections until ctx ends, then closes the
-// listeners, aborts the sessions left and waits for them.
+// Serve accepts and converts connections until ctx ends, then drains:
+// the configured listeners close (per-port transparent listeners stay, so
+// that joins of running sessions are still accepted, and answer new
+// sessions with Resource Exceeded), sessions run to their end for up to
+// ShutdownDrain or until Abort, and those left are aborted.
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	ls := append([]*net.TCPListener(nil), s.listeners...)
 	s.serveCtx = ctx
+	s.sessCtx, s.abortSess = context.WithCancel(context.WithoutCancel(ctx))
 	s.mu.Unlock()
+	defer s.abortSess()
 	if len(ls) == 0 {
 		return errors.New("serve: no listener (call Listen first)")
 	}
@@ -244,10 +256,50 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	s.draining.Store(true)
+	s.closeMainListeners()
+	if err == nil {
+		s.drain()
+	}
 	s.closeListeners()
+	s.abortSess()
 	s.stopSessions()
 	s.wg.Wait()
 	return err
+}
+
+// drain waits for the sessions to end, at most ShutdownDrain, or until
+// Abort.
+func (s *Server) drain() {
+	n := s.active.Load()
+	if n == 0 || s.cfg.ShutdownDrain <= 0 {
+		return
+	}
+	s.log.Info("draining", "sessions", n, "timeout", s.cfg.ShutdownDrain.String())
+	deadline := time.NewTimer(s.cfg.ShutdownDrain)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-deadline.C:
+			s.log.Warn("drain timed out: aborting the sessions left", "sessions", s.active.Load())
+			return
+		case <-s.abortDrain:
+			s.log.Warn("drain cut short: aborting the sessions left", "sessions", s.active.Load())
+			return
+		case <-tick.C:
+			if s.active.Load() == 0 {
+				s.log.Info("drained")
+				return
+			}
+		}
+	}
+}
+
+// Abort ends a drain at once: the sessions left are aborted.
+func (s *Server) Abort() {
+	s.abortOnce.Do(func() { close(s.abortDrain) })
 }
 
 // Run is Listen then Serve.
@@ -277,8 +329,25 @@ func (s *Server) acceptLoop(ctx context.Context, l *net.TCPListener) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serve(ctx, c)
+			s.serve(s.sessionContext(), c)
 		}()
+	}
+}
+
+// sessionContext is the context sessions run under (see sessCtx).
+func (s *Server) sessionContext() context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessCtx
+}
+
+// closeMainListeners closes the configured listeners: no new session
+// arrives through them.
+func (s *Server) closeMainListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.listeners {
+		l.Close()
 	}
 }
 
@@ -326,6 +395,10 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	// The per-client limits come first, before anything is allocated
 	// for the connection.
 	key := s.clientKey(unmapAddrPort(c.RemoteAddr()).Addr())
+	if s.draining.Load() {
+		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "draining: no new session"))
+		return
+	}
 	if err := s.clients.arrive(key); err != nil {
 		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "%v", err))
 		return

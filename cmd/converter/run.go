@@ -46,6 +46,7 @@ func runCommand(io stdio) *cli.Command {
 			&cli.UintFlag{Name: "backoff", Value: 30, Usage: "seconds a refused client is asked to wait (Resource Exceeded; 0 = protocol default)"},
 			&cli.DurationFlag{Name: "handshake-timeout", Value: 3 * time.Second, Usage: "wait for the Convert message and the client handshake"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: 5 * time.Second, Usage: "server-leg connect timeout (then Network Failure)"},
+			&cli.DurationFlag{Name: "drain-timeout", Value: engine.DefaultShutdownDrain, Usage: "on SIGTERM, let sessions run to their end this long before aborting them (0: abort at once; a second SIGTERM aborts at once)"},
 			&cli.DurationFlag{Name: "idle-timeout", Value: 2*time.Hour + 4*time.Minute, Usage: "close sessions idle this long (0: never)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "unix socket serving the session table (mode 0600); empty to disable"},
@@ -59,6 +60,7 @@ func runCommand(io stdio) *cli.Command {
 			if err != nil {
 				return err
 			}
+			cfg.Logger.Info("converter", "version", version)
 			clampMode, err := tfowindow.ParseMode(c.String("tfo-window-clamp"))
 			if err != nil {
 				return usageError("--tfo-window-clamp: %v", err)
@@ -106,7 +108,16 @@ func runCommand(io stdio) *cli.Command {
 			if err := dropPrivileges(c, dp, cfg.Logger); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
+			served := make(chan struct{})
+			go func() {
+				select {
+				case <-abortContext(c.Context).Done():
+					srv.Abort()
+				case <-served:
+				}
+			}()
 			err = srv.Serve(ctx)
+			close(served)
 			cancel()
 			side.Wait()
 			if err != nil {
@@ -128,6 +139,7 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 		HandshakeTimeout:     c.Duration("handshake-timeout"),
 		DialTimeout:          c.Duration("dial-timeout"),
 		IdleTimeout:          c.Duration("idle-timeout"),
+		ShutdownDrain:        shutdownDrain(c.Duration("drain-timeout")),
 		MaxSessions:          c.Int("max-sessions"),
 		MaxPendingPerClient:  c.Int("max-pending-per-client"),
 		MaxSessionsPerClient: c.Int("max-sessions-per-client"),
@@ -160,6 +172,15 @@ func runConfig(c *cli.Context, io stdio) (engine.Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// shutdownDrain maps --drain-timeout to the engine: 0 there means the
+// default, so no drain is negative.
+func shutdownDrain(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // keepRunningOnHUP makes SIGHUP harmless whatever the mode: what can be

@@ -91,6 +91,8 @@ var labDestinations = []string{"--allow-destinations", "10.201.0.0/16", "--allow
 type converterProc struct {
 	stopOnce sync.Once
 	cmd      *exec.Cmd
+	exited   chan struct{} // closed once the process was reaped
+	exitErr  error
 	mu       sync.Mutex
 	logs     []map[string]any
 	raw      strings.Builder
@@ -125,7 +127,7 @@ func (e *env) startConverter(args ...string) *converterProc {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatalf("start converter: %v", err)
 	}
-	p := &converterProc{cmd: cmd}
+	p := &converterProc{cmd: cmd, exited: make(chan struct{})}
 	listening := make(chan struct{}, listens)
 	go p.readLogs(stderr, listening)
 	e.t.Cleanup(func() { p.stop(e.t) })
@@ -155,6 +157,8 @@ func (p *converterProc) readLogs(r io.Reader, listening chan<- struct{}) {
 			listening <- struct{}{}
 		}
 	}
+	io.Copy(io.Discard, r) // a line too long for the scanner
+	p.wait()               // only once stderr is read to its end
 }
 
 func (p *converterProc) rawLog() string {
@@ -194,22 +198,34 @@ func (p *converterProc) stop(t *testing.T) {
 }
 
 func (p *converterProc) stopNow(t *testing.T) {
+	// As an operator would: SIGTERM drains, a second one aborts what is
+	// left (a test's sessions are closed by then, or should be).
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil && t.Failed() == false {
-			t.Errorf("converter exited with %v; log:\n%s", err, p.rawLog())
+	case <-p.exited:
+	case <-time.After(3 * time.Second):
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+			t.Errorf("converter did not stop on two SIGTERMs")
 		}
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-done
-		t.Errorf("converter did not stop on SIGTERM")
+	}
+	if p.exitErr != nil && !t.Failed() {
+		t.Errorf("converter exited with %v; log:\n%s", p.exitErr, p.rawLog())
 	}
 	if t.Failed() {
 		t.Logf("converter log:\n%s", p.rawLog())
 	}
+}
+
+// wait reaps the process once, for stopNow and the tests that watch the
+// exit; readLogs has read everything by then.
+func (p *converterProc) wait() {
+	p.exitErr = p.cmd.Wait()
+	close(p.exited)
 }
 
 // listen opens a listener inside namespace ns (the socket belongs to the

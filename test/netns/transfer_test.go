@@ -419,3 +419,109 @@ func TestSIGHUPKeepsSessions(t *testing.T) {
 		t.Fatalf("session after SIGHUP: %d bytes, %v", got.got, got.err)
 	}
 }
+
+// TestDrain: SIGTERM stops accepting, lets a running session finish (its
+// bytes intact), and the daemon exits once it ended; a session that does
+// not end is aborted at --drain-timeout; a second SIGTERM aborts at once.
+func TestDrain(t *testing.T) {
+	e := newEnv(t)
+	serveDownloads(e.listen(e.serverNS(), "10.201.3.2:8000", false))
+	const size = 64 << 20
+
+	t.Run("finishes", func(t *testing.T) {
+		conv := e.startConverter("--drain-timeout", "20s", "--listen", "[::]:5124")
+		c, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8000"), MPTCP: true}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A slow reader keeps the session running across the SIGTERM.
+		fmt.Fprintf(c, "%d %d\n", 5, size)
+		got := make(chan result, 1)
+		go func() {
+			c.SetReadBuffer(256 << 10)
+			d, n, err := digest(&slowReader{r: c, every: 4 << 20, pause: 20 * time.Millisecond})
+			got <- result{gotDigest: d, got: n, err: err}
+		}()
+		time.Sleep(100 * time.Millisecond)
+		start := time.Now()
+		conv.cmd.Process.Signal(syscall.SIGTERM)
+		conv.waitRecords(t, "draining", 1)
+		if _, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8000"), MPTCP: true}, nil); err == nil {
+			t.Errorf("a new session was accepted during the drain")
+		}
+		r := <-got
+		if r.err != nil || r.got != size || r.gotDigest != streamDigest(5, size) {
+			t.Fatalf("the session across the drain: %d of %d bytes, %v", r.got, size, r.err)
+		}
+		c.Close() // the session ends when both directions have
+		exited := waitExit(t, conv, 10*time.Second)
+		t.Logf("session finished %v after SIGTERM; daemon exited %v after it", time.Since(start).Round(time.Millisecond), exited.Round(time.Millisecond))
+		if len(conv.records("drained")) != 1 {
+			t.Errorf("no drained record")
+		}
+	})
+	t.Run("times out", func(t *testing.T) {
+		conv := e.startConverter("--drain-timeout", "1s", "--listen", "[::]:5124")
+		c, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8000"), MPTCP: true}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close() // an idle session: it would never end by itself
+		start := time.Now()
+		conv.cmd.Process.Signal(syscall.SIGTERM)
+		waitExit(t, conv, 10*time.Second)
+		if d := time.Since(start); d < time.Second || d > 5*time.Second {
+			t.Errorf("exited %v after SIGTERM, want about the 1 s drain timeout", d)
+		}
+		if len(conv.records("drain timed out: aborting the sessions left")) != 1 {
+			t.Errorf("no drain time-out record")
+		}
+	})
+	t.Run("second signal", func(t *testing.T) {
+		conv := e.startConverter("--drain-timeout", "60s", "--listen", "[::]:5124")
+		c, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8000"), MPTCP: true}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		start := time.Now()
+		conv.cmd.Process.Signal(syscall.SIGTERM)
+		conv.waitRecords(t, "draining", 1)
+		conv.cmd.Process.Signal(syscall.SIGTERM)
+		waitExit(t, conv, 10*time.Second)
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("exited %v after two SIGTERMs, want at once", d)
+		}
+	})
+}
+
+// slowReader reads from r and pauses after every `every` bytes.
+type slowReader struct {
+	r     io.Reader
+	every int64
+	pause time.Duration
+	n     int64
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	before := s.n
+	s.n += int64(n)
+	if s.n/s.every != before/s.every {
+		time.Sleep(s.pause)
+	}
+	return n, err
+}
+
+// waitExit waits for the converter process to exit and returns how long
+// that took.
+func waitExit(t *testing.T, p *converterProc, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	select {
+	case <-p.exited:
+	case <-time.After(limit):
+		t.Fatalf("the converter did not exit within %v", limit)
+	}
+	return time.Since(start)
+}
