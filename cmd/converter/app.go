@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
 
-// version is set at build time: -ldflags "-X main.version=$(git describe)".
-var version = "dev"
+// version is set at build time: -ldflags "-X main.version=$(git describe)";
+// without it, from the build information (version.go).
+var version = devVersion
 
 // Exit codes shared by every command.
 const (
@@ -31,11 +33,15 @@ type stdio struct {
 // the process exit code.
 func run(ctx context.Context, args []string, io stdio) int {
 	app := newApp(io)
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, flagsFirst(app.Commands, args))
 	if err == nil {
 		return exitOK
 	}
 	var ec cli.ExitCoder
+	if errors.As(err, &ec) && isUnknownHelpTopic(ec) {
+		fmt.Fprintf(io.err, "converter: %v\n", err)
+		return exitUsage
+	}
 	if errors.As(err, &ec) {
 		if msg := err.Error(); msg != "" {
 			fmt.Fprintln(io.err, msg)
@@ -56,8 +62,11 @@ func newApp(io stdio) *cli.App {
 		ErrWriter: io.err,
 		// Errors are printed once, by run, with their exit code.
 		ExitErrHandler: func(*cli.Context, error) {},
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return cli.Exit(fmt.Sprintf("converter: %v", err), exitUsage)
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			if name := commandName(c); name != "" {
+				return usageError("%s: %s (see converter %s --help)", name, flagErrorText(err), name)
+			}
+			return usageError("%s (see converter --help)", flagErrorText(err))
 		},
 		Commands: []*cli.Command{
 			runCommand(io),
@@ -75,7 +84,46 @@ func newApp(io stdio) *cli.App {
 	for _, c := range app.Commands {
 		setUsageExit(c, app.OnUsageError)
 	}
+	refuseUnknownCommands(app)
+	// run takes flags only: an argument is a mistake, not something to
+	// ignore.
+	if c := findCommand(app.Commands, "run"); c != nil && c.Before == nil {
+		c.Before = noArguments
+	}
 	return app
+}
+
+// noArguments refuses the arguments of a command that takes none.
+func noArguments(c *cli.Context) error {
+	if c.Args().Present() {
+		return usageError("%s takes no arguments, got %q", commandName(c), strings.Join(c.Args().Slice(), " "))
+	}
+	return nil
+}
+
+// commandName is the command c runs, with its parents ("bpf status"), or
+// "" for the app itself.
+func commandName(c *cli.Context) string {
+	var names []string
+	for _, cc := range c.Lineage() {
+		if cc.Command != nil && cc.Command.Name != "" && (cc.App == nil || cc.Command.Name != cc.App.Name) {
+			names = append([]string{cc.Command.Name}, names...)
+		}
+	}
+	return strings.Join(names, " ")
+}
+
+// flagErrorText words a flag parsing error: the flag package says
+// "flag provided but not defined: -name" whatever the dashes given.
+func flagErrorText(err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		if len(name) > 1 {
+			return "unknown flag --" + name
+		}
+		return "unknown flag -" + name
+	}
+	return msg
 }
 
 // usageError is a CLI error with the usage exit code.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -77,7 +76,7 @@ func benchCommand(io stdio) *cli.Command {
 			&cli.IntFlag{Name: "count", Value: 10000, Usage: "idle: connections to open"},
 			&cli.DurationFlag{Name: "hold", Value: 10 * time.Second, Usage: "idle: how long to hold them"},
 			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "longest wait for one step: a connect, a write, a read, a response"},
-			&cli.BoolFlag{Name: "json", Usage: "print the result as one JSON object"},
+			&cli.BoolFlag{Name: "json", Usage: "print the result as one JSON object, with the converter's \"version\""},
 		},
 		Action:          func(c *cli.Context) error { return runBench(c, io) },
 		OnUsageError:    benchUsageError,
@@ -88,7 +87,7 @@ func benchCommand(io stdio) *cli.Command {
 // benchUsageError reports a flag parsing error with the usage exit code
 // and without the whole help text.
 func benchUsageError(c *cli.Context, err error, _ bool) error {
-	return usageError("%s: %v (see --help)", c.Command.FullName(), err)
+	return usageError("%s: %s (see --help)", commandName(c), flagErrorText(err))
 }
 
 func runBench(c *cli.Context, io stdio) error {
@@ -120,7 +119,12 @@ func runBench(c *cli.Context, io stdio) error {
 		return err
 	}
 	if c.Bool("json") {
-		return json.NewEncoder(io.out).Encode(res)
+		b, err := versionedJSON(res, "")
+		if err != nil {
+			return err
+		}
+		_, err = io.out.Write(b)
+		return err
 	}
 	fmt.Fprintln(io.out, benchLine(res))
 	return nil
@@ -186,7 +190,7 @@ func benchTarget(c *cli.Context) (bench.Target, error) {
 	case 0:
 		return t, usageError("bench needs HOST:PORT (or --serve ADDR:PORT)")
 	default:
-		return t, usageError("bench takes one HOST:PORT, got %q (flags go before HOST:PORT)", strings.Join(c.Args().Slice(), " "))
+		return t, usageError("bench takes one HOST:PORT, got %q", strings.Join(c.Args().Slice(), " "))
 	}
 	if c.IsSet("via") && c.IsSet("proxy") {
 		return t, usageError("bench: --via and --proxy exclude each other")

@@ -106,6 +106,9 @@ func benchDecodeJSON(t *testing.T, out string) map[string]any {
 	if dec.More() {
 		t.Fatalf("output %q: more than one JSON value", out)
 	}
+	if m["version"] != version {
+		t.Errorf("output %q: version %v, want %q", out, m["version"], version)
+	}
 	return m
 }
 
@@ -270,7 +273,9 @@ func TestBenchUsage(t *testing.T) {
 	for _, args := range [][]string{
 		{"bench"},
 		{"bench", "127.0.0.1:1", "127.0.0.1:2"},
-		{"bench", "127.0.0.1:1", "--json"}, // flags after HOST:PORT
+		{"bench", "127.0.0.1:1", "--streams", "0"}, // flags after HOST:PORT are read
+		{"bench", "127.0.0.1:1", "--nope"},
+		{"bench", "127.0.0.1:1", "--", "--json"}, // after "--", an argument
 		{"bench", "--mode", "nope", "127.0.0.1:1"},
 		{"bench", "--streams", "0", "127.0.0.1:1"},
 		{"bench", "--streams", "100000", "127.0.0.1:1"},
@@ -379,6 +384,7 @@ func TestBenchNamespaces(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &up); err != nil || up.Prefix != prefix {
 		t.Fatalf("lab up --json: %q, %v", out, err)
 	}
+	checkVersionField(t, out)
 	if code, _, errs := benchCLI(t, "lab", "up", "--prefix", prefix); code != 0 {
 		t.Fatalf("second lab up (idempotent): exit %d: %s", code, errs)
 	}
@@ -387,6 +393,7 @@ func TestBenchNamespaces(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || !rep.Complete {
 		t.Fatalf("lab status: exit %d, %q, %s", code, out, errs)
 	}
+	checkVersionField(t, out)
 	if code, out, _ := benchCLI(t, "lab", "status", "--prefix", prefix); code != 0 || !strings.Contains(out, "complete") {
 		t.Errorf("lab status (human): exit %d, %q", code, out)
 	}

@@ -22,8 +22,9 @@ func bpfCommand(io stdio) *cli.Command {
 			Usage: "attached interfaces, program ids, map sizes and the decision counters",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "control socket of the daemon"},
-				&cli.BoolFlag{Name: "json", Usage: `print {"counters":{"steered":N,...},...}`},
+				&cli.BoolFlag{Name: "json", Usage: `print {"version":...,"counters":{"steered":N,...},...}`},
 			},
+			Before: noArguments,
 			Action: func(c *cli.Context) error {
 				ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 				defer cancel()
@@ -36,8 +37,12 @@ func bpfCommand(io stdio) *cli.Command {
 					raw = json.RawMessage("{}")
 				}
 				if c.Bool("json") {
-					fmt.Fprintln(io.out, string(raw))
-					return nil
+					b, err := versionedRaw(raw, "")
+					if err != nil {
+						return cli.Exit(fmt.Sprintf("converter: bpf status: %v", err), 1)
+					}
+					_, err = io.out.Write(b)
+					return err
 				}
 				return printBPFStatus(io.out, raw)
 			},

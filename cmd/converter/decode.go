@@ -43,10 +43,11 @@ for a message in one segment, the rest of that segment.
 Exit status: 0 when every message is valid, 1 when the converter (or, for a
 reply, the Client) would refuse one, 2 on usage or file errors.
 
-JSON: --hex prints one message object; --pcap prints one record per line:
-{"time","src","dst","syn","direction","message"}, time in RFC 3339 UTC with
-nine fractional digits, src and dst those of the packet that carries the
-first byte of the message.`
+JSON: --hex prints one message object, with the converter's version in
+"converter_version" ("version" is the message's); --pcap prints one record
+per line: {"version","time","src","dst","syn","direction","message"},
+version the converter's, time in RFC 3339 UTC with nine fractional digits,
+src and dst those of the packet that carries the first byte of the message.`
 
 // decodeCommand is "converter decode".
 func decodeCommand(std stdio) *cli.Command {
@@ -64,7 +65,7 @@ func decodeCommand(std stdio) *cli.Command {
 		},
 		// Flag errors exit 2 without printing the help on standard output.
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageError("decode: %v", err)
+			return usageError("decode: %s", flagErrorText(err))
 		},
 		Action: func(c *cli.Context) error { return decodeAction(c, std) },
 	}
@@ -91,6 +92,10 @@ func decodeAction(c *cli.Context, std stdio) error {
 	return usageError("decode: nothing to decode: give --hex HEX or --pcap FILE")
 }
 
+// decodeVersionKey holds the converter's version in the JSON of --hex,
+// whose "version" is the message's (the Convert protocol version).
+const decodeVersionKey = "converter_version"
+
 // decodeExit is the result of a decode whose output was written.
 func decodeExit(refused bool) error {
 	if refused {
@@ -107,7 +112,11 @@ func decodeHex(s string, dir dissect.Direction, asJSON bool, std stdio) error {
 	m := dissect.Decode(b, dir)
 	var out []byte
 	if asJSON {
+		// The message's own "version" is the Convert protocol's.
 		out, err = decodeJSONLine(m)
+		if err == nil {
+			out, err = versionedRawKey(out, decodeVersionKey, "")
+		}
 		if err != nil {
 			return err
 		}
@@ -226,7 +235,7 @@ func writePcapRecords(w io.Writer, recs []pcapRecord, asJSON bool) error {
 			b.WriteString(pcapRecordText(r))
 			continue
 		}
-		line, err := decodeJSONLine(pcapRecordJSONOf(r))
+		line, err := versionedJSON(pcapRecordJSONOf(r), "")
 		if err != nil {
 			return err
 		}

@@ -214,8 +214,10 @@ func checkPcapRecords(t *testing.T, r decodeCLIResult, code int, lines []string)
 		if !json.Valid([]byte(got[i])) {
 			t.Errorf("record %d is not JSON: %s", i, got[i])
 		}
-		if got[i] != lines[i] {
-			t.Errorf("record %d\n got  %s\n want %s", i, got[i], lines[i])
+		// Each record starts with the converter's version.
+		want := `{"version":` + jsonString(t, version) + "," + lines[i][1:]
+		if got[i] != want {
+			t.Errorf("record %d\n got  %s\n want %s", i, got[i], want)
 		}
 	}
 }
@@ -289,7 +291,11 @@ func TestDecodeHexMatchesDissect(t *testing.T) {
 			for _, tt := range []struct {
 				args []string
 				want string
-			}{{v.args("--json"), string(js) + "\n"}, {v.args(), m.Text()}} {
+			}{
+				// The converter's version comes first; "version" is the message's.
+				{v.args("--json"), `{"converter_version":` + jsonString(t, version) + "," + string(js[1:]) + "\n"},
+				{v.args(), m.Text()},
+			} {
 				r := runDecodeCLI(t, nil, tt.args...)
 				if r.code != code || r.out != tt.want || r.err != "" {
 					t.Fatalf("%q: exit %d, stdout %q, stderr %q; want exit %d, stdout %q", tt.args, r.code, r.out, r.err, code, tt.want)
@@ -297,6 +303,16 @@ func TestDecodeHexMatchesDissect(t *testing.T) {
 			}
 		})
 	}
+}
+
+// jsonString is s encoded as a JSON string.
+func jsonString(t testing.TB, s string) string {
+	t.Helper()
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // TestPcapFixtures rewrites the capture fixtures (capturetest.Samples) with

@@ -135,6 +135,7 @@ func natCommand(io stdio) *cli.Command {
 			&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "control socket of the daemon"},
 			&cli.BoolFlag{Name: "json", Usage: "print the pool as JSON"},
 		},
+		Before: noArguments,
 		Action: func(c *cli.Context) error {
 			ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 			defer cancel()
@@ -143,8 +144,19 @@ func natCommand(io stdio) *cli.Command {
 				return cli.Exit(fmt.Sprintf("converter: read %s: %v", c.String("control"), err), 1)
 			}
 			raw := stats["nat"]
-			if c.Bool("json") || raw == nil {
-				fmt.Fprintln(io.out, string(raw))
+			if c.Bool("json") {
+				if raw == nil {
+					raw = json.RawMessage("{}") // a daemon that does not report its pool
+				}
+				b, err := versionedRaw(raw, "")
+				if err != nil {
+					return cli.Exit(fmt.Sprintf("converter: nat: %v", err), 1)
+				}
+				_, err = io.out.Write(b)
+				return err
+			}
+			if raw == nil {
+				fmt.Fprintln(io.out)
 				return nil
 			}
 			var pretty any

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -23,13 +22,13 @@ func sessionsCommand(io stdio) *cli.Command {
 			"indented beneath: addresses, bytes, RTT, backup. Reads the control socket of `converter run`.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "control", Value: control.DefaultSocket, Usage: "control socket of the daemon"},
-			&cli.BoolFlag{Name: "json", Usage: "print the table as JSON"},
+			&cli.BoolFlag{Name: "json", Usage: `print the table as JSON: {"version":...,"sessions":[...]}, one document per line with --watch`},
 			&cli.BoolFlag{Name: "watch", Usage: "print the table again every --interval until interrupted"},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh interval of --watch"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usageError("sessions takes no arguments")
+			if err := noArguments(c); err != nil {
+				return err
 			}
 			for {
 				if err := printSessions(c.Context, c.String("control"), c.Bool("json"), io.out); err != nil {
@@ -59,7 +58,12 @@ func printSessions(ctx context.Context, path string, asJSON bool, out io.Writer)
 		if snap.Sessions == nil {
 			snap.Sessions = []session.Info{}
 		}
-		return json.NewEncoder(out).Encode(snap)
+		b, err := versionedJSON(snap, "")
+		if err != nil {
+			return err
+		}
+		_, err = out.Write(b)
+		return err
 	}
 	writeSessionTable(out, snap, time.Now())
 	return nil
