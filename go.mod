@@ -3,6 +3,7 @@ module github.com/convert-tc/converter
 go 1.26.0
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/cilium/ebpf v0.22.0
 	github.com/google/gopacket v1.1.19
 	github.com/mdlayher/genetlink v1.4.0

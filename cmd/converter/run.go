@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -54,8 +55,27 @@ func runCommand(io stdio) *cli.Command {
 			&cli.StringFlag{Name: "user", Usage: "after set-up, run as this `USER` (and its group), keeping only the capabilities the daemon needs"},
 			&cli.BoolFlag{Name: "keep-privileges", Usage: "do not drop capabilities after set-up (debugging only)"},
 			&cli.StringFlag{Name: "tfo-window-clamp", Value: string(tfowindow.ModeAuto), Usage: "lower the window of Convert SYNs with eBPF, against the kernel fault that stalls downloads of MPTCP clients that sent SYN data: auto (where a start-up probe finds the fault), on or off"},
-		}, append(append(transparentFlags(), natFlags()...), cookieFlags()...)...),
+		}, slices.Concat(transparentFlags(), natFlags(), cookieFlags(), configFlags())...),
 		Action: func(c *cli.Context) error {
+			if path := c.String("config"); path != "" {
+				if err := applyConfigFile(c, path); err != nil {
+					return usageError("%v", err)
+				}
+			}
+			if c.Bool("check") {
+				problems := checkConfig(c, io)
+				for _, p := range problems {
+					fmt.Fprintln(io.err, "converter: "+p)
+				}
+				if len(problems) > 0 {
+					return cli.Exit(fmt.Sprintf("converter: %d problem(s)", len(problems)), 1)
+				}
+				fmt.Fprintln(io.out, "configuration OK")
+				return nil
+			}
+			if problems := modeProblems(c); len(problems) > 0 {
+				return usageError("%s", strings.Join(problems, "; "))
+			}
 			cfg, err := runConfig(c, io)
 			if err != nil {
 				return err

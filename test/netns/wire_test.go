@@ -291,3 +291,20 @@ func TestConnectCLI(t *testing.T) {
 		t.Fatalf("closed port: %v, stderr %q", err, stderr.String())
 	}
 }
+
+// TestCheckInLab: `converter run --check` with a config file, in a
+// namespace set up for a converter, finds nothing to complain about and
+// starts nothing; a flag of another mode is a problem.
+func TestCheckInLab(t *testing.T) {
+	e := newEnv(t)
+	cfg := filepath.Join(t.TempDir(), "converter.toml")
+	os.WriteFile(cfg, []byte("listen = [\"[::]:5124\"]\nallow-destinations = [\"10.201.0.0/16\", \"fd01::/16\"]\nclient-iface = [\"cv1\", \"cv2\"]\ndrain-timeout = \"10s\"\n"), 0o644)
+	out, err := e.lab.Command(context.Background(), e.converterNS(), converterBin, "run", "--check", "--config", cfg).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "configuration OK") {
+		t.Fatalf("check of a good file: %v\n%s", err, out)
+	}
+	out, err = e.lab.Command(context.Background(), e.converterNS(), converterBin, "run", "--check", "--config", cfg, "--port-hold", "5s").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--port-hold has no effect") {
+		t.Errorf("check with a flag of another mode: %v\n%s", err, out)
+	}
+}
