@@ -35,6 +35,17 @@ func FetchStats(ctx context.Context, path string) (map[string]json.RawMessage, e
 	return m, err
 }
 
+// FetchReady reads GET /ready; a daemon that is not ready answers 503 with
+// its state, which is returned without an error.
+func FetchReady(ctx context.Context, path string) (Readiness, error) {
+	var r Readiness
+	err := get(ctx, path, "/ready", &r)
+	if err != nil && r.State != "" {
+		return r, nil
+	}
+	return r, err
+}
+
 // get does one GET over the unix socket and decodes the JSON answer.
 func get(ctx context.Context, path, route string, v any) error {
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -54,6 +65,7 @@ func get(ctx context.Context, path, route string, v any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		json.Unmarshal(msg, v) // a JSON error body (GET /ready) is kept for the caller
 		return fmt.Errorf("control request %s on %s: %s: %s", route, path, resp.Status, strings.TrimSpace(string(msg)))
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {

@@ -40,6 +40,21 @@ type Server struct {
 
 	mu    sync.Mutex
 	stats map[string]func() any
+	ready func() (bool, string) // nil: always ready
+}
+
+// Readiness is what GET /ready answers: whether the daemon takes new
+// sessions, and its state in a word.
+type Readiness struct {
+	Ready bool   `json:"ready"`
+	State string `json:"state"`
+}
+
+// SetReady installs the readiness check of GET /ready.
+func (s *Server) SetReady(fn func() (bool, string)) {
+	s.mu.Lock()
+	s.ready = fn
+	s.mu.Unlock()
 }
 
 // New returns a Server for table. Its counts are served in /stats as
@@ -67,6 +82,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /sessions", s.sessions)
 	mux.HandleFunc("GET /sessions/{id}", s.session)
 	mux.HandleFunc("GET /stats", s.statsHandler)
+	// For health checks (load balancers, BGP speakers, systemd): 200 when
+	// new sessions are taken, 503 otherwise.
+	mux.HandleFunc("GET /ready", s.readyHandler)
 	// Profiles, for operators chasing memory or CPU; the socket is root's.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -89,6 +107,21 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, in)
+}
+
+func (s *Server) readyHandler(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	fn := s.ready
+	s.mu.Unlock()
+	r := Readiness{Ready: true, State: "serving"}
+	if fn != nil {
+		r.Ready, r.State = fn()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if !r.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(r)
 }
 
 func (s *Server) statsHandler(w http.ResponseWriter, _ *http.Request) {

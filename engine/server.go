@@ -297,6 +297,21 @@ func (s *Server) drain() {
 	}
 }
 
+// Readiness says whether the Server takes new sessions: "serving", or
+// "starting" before Serve and "draining" once its context ended.
+func (s *Server) Readiness() (bool, string) {
+	s.mu.Lock()
+	started := s.serveCtx != nil
+	s.mu.Unlock()
+	switch {
+	case s.draining.Load():
+		return false, "draining"
+	case !started:
+		return false, "starting"
+	}
+	return true, "serving"
+}
+
 // Abort ends a drain at once: the sessions left are aborted.
 func (s *Server) Abort() {
 	s.abortOnce.Do(func() { close(s.abortDrain) })

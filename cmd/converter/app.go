@@ -77,6 +77,7 @@ func newApp(io stdio) *cli.App {
 			natCommand(io),
 			benchCommand(io),
 			labCommand(io),
+			statusCommand(io),
 		},
 	}
 	// urfave/cli applies the app's OnUsageError to the app's own flags

@@ -1,11 +1,7 @@
 package main
 
 import (
-	"context"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -47,26 +43,14 @@ func loadCookies(c *cli.Context) (*cookie.Keys, error) {
 	return keys, nil
 }
 
-// reloadCookiesOnHUP reads the secret file again on every SIGHUP until ctx
-// ends, so keys rotate without a restart. A file that fails the checks
-// (mode, content) keeps the keys in use and is logged.
-func reloadCookiesOnHUP(ctx context.Context, keys *cookie.Keys, path string, log *slog.Logger) {
-	if keys == nil || path == "" {
-		return
+// reloadCookies reads the secret file again, so that keys rotate without
+// a restart. A file that fails the checks (mode, content) keeps the keys
+// in use and is logged.
+func reloadCookies(keys *cookie.Keys, path string, log *slog.Logger) error {
+	if err := keys.Reload(path); err != nil {
+		log.Error("reload cookie secret; keeping the keys in use", "path", path, "error", err.Error())
+		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-			if err := keys.Reload(path); err != nil {
-				log.Error("reload cookie secret; keeping the keys in use", "path", path, "error", err.Error())
-				continue
-			}
-			log.Info("cookie secret reloaded", "path", path)
-		}
-	}
+	log.Info("cookie secret reloaded", "path", path)
+	return nil
 }

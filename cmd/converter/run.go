@@ -112,14 +112,23 @@ func runCommand(io stdio) *cli.Command {
 			if err := srv.Listen(c.Context); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
+			// ctx ends at the first stop signal: no new session. life
+			// ends once the sessions did: the control socket (GET /ready
+			// says "draining"), the MPTCP events and SIGHUP serve the
+			// drain too.
 			ctx, cancel := context.WithCancel(c.Context)
 			defer cancel()
-			keepRunningOnHUP(ctx, cfg.Logger)
+			life, endLife := context.WithCancel(context.WithoutCancel(ctx))
+			defer endLife()
+			notify := notifier{log: cfg.Logger}
+			var reloaders []func() error
 			if cfg.Cookies != nil {
-				go reloadCookiesOnHUP(ctx, cfg.Cookies, c.String("cookie-secret"), cfg.Logger)
+				path := c.String("cookie-secret")
+				reloaders = append(reloaders, func() error { return reloadCookies(cfg.Cookies, path, cfg.Logger) })
 			}
+			handleHUP(life, cfg.Logger, notify, reloaders)
 			var side sync.WaitGroup
-			if err := startObservers(ctx, &side, c.String("control"), srv, dp, addr, cfg.Logger); err != nil {
+			if err := startObservers(life, &side, c.String("control"), srv, dp, addr, cfg.Logger); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
 			for _, a := range srv.Addrs() {
@@ -128,6 +137,10 @@ func runCommand(io stdio) *cli.Command {
 			if err := dropPrivileges(c, dp, cfg.Logger); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
+			go func() {
+				<-ctx.Done()
+				notify.stopping()
+			}()
 			served := make(chan struct{})
 			go func() {
 				select {
@@ -136,9 +149,18 @@ func runCommand(io stdio) *cli.Command {
 				case <-served:
 				}
 			}()
+			go func() {
+				// Serve marks itself started at once; say so when it has.
+				for ok, _ := srv.Readiness(); !ok && ctx.Err() == nil; ok, _ = srv.Readiness() {
+					time.Sleep(time.Millisecond)
+				}
+				if ctx.Err() == nil {
+					notify.ready(fmt.Sprintf("serving on %d listener(s)", len(srv.Addrs())))
+				}
+			}()
 			err = srv.Serve(ctx)
 			close(served)
-			cancel()
+			endLife()
 			side.Wait()
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
@@ -203,11 +225,11 @@ func shutdownDrain(d time.Duration) time.Duration {
 	return d
 }
 
-// keepRunningOnHUP makes SIGHUP harmless whatever the mode: what can be
-// reloaded (the cookie secret, the mapping log) has handlers of its own;
-// without them the signal's default action would kill the daemon and
-// every session with it.
-func keepRunningOnHUP(ctx context.Context, log *slog.Logger) {
+// handleHUP makes SIGHUP reload, in every mode, and never stop the
+// daemon: each reloader runs in turn (a failing one keeps what is in force
+// and is logged), systemd hears RELOADING then READY. The mapping log
+// reopens on its own handler (--nat share).
+func handleHUP(ctx context.Context, log *slog.Logger, notify notifier, reloaders []func() error) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
@@ -217,7 +239,15 @@ func keepRunningOnHUP(ctx context.Context, log *slog.Logger) {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				log.Info("SIGHUP received", "reloads", "cookie secret and mapping log, where configured")
+				notify.reloading()
+				failed := 0
+				for _, r := range reloaders {
+					if r() != nil {
+						failed++
+					}
+				}
+				log.Info("SIGHUP received", "reloads", "cookie secret and mapping log, where configured", "failed", failed)
+				notify.ready("serving (reloaded)")
 			}
 		}
 	}()
@@ -297,6 +327,7 @@ func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string,
 	}
 	ctl := control.New(srv.Table(), log)
 	ctl.Register("converter", func() any { return srv.Stats() })
+	ctl.SetReady(srv.Readiness)
 	ctl.Register("mptcp_events", func() any { return events.Stats() })
 	ctl.Register("runtime", runtimeStats)
 	ctl.Register("bpf", dp.status)

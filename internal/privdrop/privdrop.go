@@ -67,6 +67,11 @@ func Drop(keep []int, userName string) error {
 	// The bounding set first: dropping from it needs CAP_SETPCAP, which
 	// goes with the rest below.
 	for c := 0; c <= last; c++ {
+		// A capability already out of the bounding set (systemd's
+		// CapabilityBoundingSet=) needs no dropping, nor CAP_SETPCAP.
+		if in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); err == nil && in == 0 {
+			continue
+		}
 		if !kept[c] {
 			if err := allThreads(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); err != nil {
 				return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)

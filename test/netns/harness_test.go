@@ -102,6 +102,12 @@ type converterProc struct {
 // every listener is up. The process is stopped when the test ends.
 func (e *env) startConverter(args ...string) *converterProc {
 	e.t.Helper()
+	return e.startConverterEnv(nil, args...)
+}
+
+// startConverterEnv is startConverter with extra environment variables.
+func (e *env) startConverterEnv(extraEnv []string, args ...string) *converterProc {
+	e.t.Helper()
 	listens := 0
 	for _, a := range args {
 		if a == "--listen" {
@@ -120,6 +126,9 @@ func (e *env) startConverter(args ...string) *converterProc {
 		args = append(args, "--control", filepath.Join(e.t.TempDir(), "control.sock"))
 	}
 	cmd := e.lab.Command(context.Background(), e.converterNS(), converterBin, append([]string{"run"}, args...)...)
+	if len(extraEnv) > 0 {
+		cmd.Env = append(os.Environ(), extraEnv...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		e.t.Fatal(err)

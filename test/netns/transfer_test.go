@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -524,4 +526,73 @@ func waitExit(t *testing.T, p *converterProc, limit time.Duration) time.Duration
 		t.Fatalf("the converter did not exit within %v", limit)
 	}
 	return time.Since(start)
+}
+
+// TestSystemdNotify: with NOTIFY_SOCKET set the daemon says READY=1 once
+// it serves, RELOADING=1 then READY=1 around a SIGHUP, STOPPING=1 when
+// the drain begins; GET /ready and `converter status` follow: serving,
+// then draining (exit 1) while a session keeps the drain going.
+func TestSystemdNotify(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	sockPath := filepath.Join(dir, "notify.sock")
+	ns, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	msgs := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, _, err := ns.ReadFromUnix(buf)
+			if err != nil {
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	next := func(want string) {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			if !strings.Contains(m, want) {
+				t.Fatalf("notify message %q, want %s", m, want)
+			}
+			t.Logf("notify: %q", m)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no notify message, want %s", want)
+		}
+	}
+	control := filepath.Join(dir, "control.sock")
+	conv := e.startConverterEnv([]string{"NOTIFY_SOCKET=" + sockPath}, "--control", control, "--drain-timeout", "20s")
+	next("READY=1")
+	status := func() (int, string) {
+		out, err := exec.Command(converterBin, "status", "--control", control, "--json").Output()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		return code, string(out)
+	}
+	if code, out := status(); code != 0 || !strings.Contains(out, `"state":"serving"`) {
+		t.Errorf("status while serving: exit %d, %s", code, out)
+	}
+	conv.cmd.Process.Signal(syscall.SIGHUP)
+	next("RELOADING=1")
+	next("READY=1")
+	// A session keeps the drain going while status is asked.
+	echo(e.listen(e.serverNS(), "10.201.3.2:8076", false))
+	c, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8076"), MPTCP: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv.cmd.Process.Signal(syscall.SIGTERM)
+	next("STOPPING=1")
+	conv.waitRecords(t, "draining", 1)
+	if code, out := status(); code != 1 || !strings.Contains(out, `"state":"draining"`) {
+		t.Errorf("status while draining: exit %d, %s", code, out)
+	}
+	c.Close()
+	waitExit(t, conv, 10*time.Second)
 }
