@@ -46,15 +46,26 @@ func FetchReady(ctx context.Context, path string) (Readiness, error) {
 	return r, err
 }
 
+// Reload asks the daemon to reload (POST /reload) and decodes its outcome
+// into v; a refused reload answers 422 and returns an error too.
+func Reload(ctx context.Context, path string, v any) error {
+	return do(ctx, http.MethodPost, path, "/reload", v)
+}
+
 // get does one GET over the unix socket and decodes the JSON answer.
 func get(ctx context.Context, path, route string, v any) error {
+	return do(ctx, http.MethodGet, path, route, v)
+}
+
+// do does one request over the unix socket and decodes the JSON answer.
+func do(ctx context.Context, method, path, route string, v any) error {
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", path)
 	}}
 	defer tr.CloseIdleConnections()
 	// The host is a placeholder: the transport always dials path.
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://converter"+route, nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://converter"+route, nil)
 	if err != nil {
 		return fmt.Errorf("control request %s: %w", route, err)
 	}

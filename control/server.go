@@ -38,9 +38,18 @@ type Server struct {
 	table *session.Table
 	log   *slog.Logger
 
-	mu    sync.Mutex
-	stats map[string]func() any
-	ready func() (bool, string) // nil: always ready
+	mu     sync.Mutex
+	stats  map[string]func() any
+	ready  func() (bool, string) // nil: always ready
+	reload func(context.Context) (any, bool)
+}
+
+// SetReload installs what POST /reload runs: it returns the outcome to
+// answer and whether it succeeded (200, else 422).
+func (s *Server) SetReload(fn func(context.Context) (any, bool)) {
+	s.mu.Lock()
+	s.reload = fn
+	s.mu.Unlock()
 }
 
 // Readiness is what GET /ready answers: whether the daemon takes new
@@ -85,6 +94,7 @@ func (s *Server) Handler() http.Handler {
 	// For health checks (load balancers, BGP speakers, systemd): 200 when
 	// new sessions are taken, 503 otherwise.
 	mux.HandleFunc("GET /ready", s.readyHandler)
+	mux.HandleFunc("POST /reload", s.reloadHandler)
 	// Profiles, for operators chasing memory or CPU; the socket is root's.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -122,6 +132,22 @@ func (s *Server) readyHandler(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	json.NewEncoder(w).Encode(r)
+}
+
+func (s *Server) reloadHandler(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	fn := s.reload
+	s.mu.Unlock()
+	if fn == nil {
+		http.Error(w, "this daemon does not reload", http.StatusNotImplemented)
+		return
+	}
+	out, ok := fn(r.Context())
+	w.Header().Set("Content-Type", "application/json")
+	if !ok {
+		w.WriteHeader(http.StatusUnprocessableEntity)
+	}
+	json.NewEncoder(w).Encode(out)
 }
 
 func (s *Server) statsHandler(w http.ResponseWriter, _ *http.Request) {

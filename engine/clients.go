@@ -36,14 +36,14 @@ func (s *Server) clientKey(a netip.Addr) netip.Prefix {
 // (pending), sessions in all, and a token bucket of new sessions.
 // Entries live while a client has sessions or an unfilled bucket.
 type clientTable struct {
+	now func() time.Time
+
+	mu                                     sync.Mutex
 	maxPending, maxSessions, maxHandshakes int
 	rate                                   float64 // tokens per second; 0: no rate limit
-	now                                    func() time.Time
-
-	mu         sync.Mutex
-	m          map[netip.Prefix]*clientState
-	handshakes int // pending sessions of every client
-	lastSweep  time.Time
+	m                                      map[netip.Prefix]*clientState
+	handshakes                             int // pending sessions of every client
+	lastSweep                              time.Time
 }
 
 type clientState struct {
@@ -53,11 +53,18 @@ type clientState struct {
 }
 
 func newClientTable(cfg Config) *clientTable {
-	return &clientTable{
-		maxPending: cfg.MaxPendingPerClient, maxSessions: cfg.MaxSessionsPerClient,
-		maxHandshakes: cfg.MaxHandshakes, rate: float64(cfg.RatePerClient),
-		now: time.Now, m: map[netip.Prefix]*clientState{},
-	}
+	t := &clientTable{now: time.Now, m: map[netip.Prefix]*clientState{}}
+	t.setLimits(cfg)
+	return t
+}
+
+// setLimits puts cfg's per-client limits in force (a reload); counts and
+// buckets are kept.
+func (t *clientTable) setLimits(cfg Config) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.maxPending, t.maxSessions = cfg.MaxPendingPerClient, cfg.MaxSessionsPerClient
+	t.maxHandshakes, t.rate = cfg.MaxHandshakes, float64(cfg.RatePerClient)
 }
 
 // arrive counts a new connection of client k as pending, or says which

@@ -46,17 +46,17 @@ func (s *Server) checkCookie(m *tlv.Message, client netip.Addr) *refusal {
 }
 
 func (s *Server) authorize(m *tlv.Message, client netip.Addr) *refusal {
-	if len(s.cfg.AllowClients) > 0 && !contains(s.cfg.AllowClients, client) {
+	if len(s.pol().AllowClients) > 0 && !contains(s.pol().AllowClients, client) {
 		return refuse(tlv.CodeNotAuthorized, nil, "client %s not allowed", client)
 	}
 	c, ok := m.Connect()
 	if !ok {
 		return nil
 	}
-	if contains(s.cfg.Deny, c.Addr) {
+	if contains(s.pol().Deny, c.Addr) {
 		return refuse(tlv.CodeNotAuthorized, nil, "destination %s denied", c.Addr)
 	}
-	if rg, ok := addrpolicy.Special(c.Addr); ok && !contains(s.cfg.AllowDestinations, c.Addr) {
+	if rg, ok := addrpolicy.Special(c.Addr); ok && !contains(s.pol().AllowDestinations, c.Addr) {
 		return refuse(tlv.CodeNotAuthorized, nil, "destination %s is special-purpose: %s, %s (--allow-destinations opens it)", c.Addr, rg.Name, rg.Ref)
 	}
 	if s.cfg.NAT != nil && !s.cfg.Hairpin && s.cfg.NAT.Contains(c.Addr) {
@@ -87,8 +87,9 @@ func contains(ps []netip.Prefix, a netip.Addr) bool {
 // reserve refuses with Resource Exceeded when the converter is at its
 // session limit.
 func (s *Server) reserve() *refusal {
-	if n := s.active.Load(); n > int64(s.cfg.MaxSessions) {
-		return refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "%d sessions, limit %d", n, s.cfg.MaxSessions)
+	p := s.pol()
+	if n := s.active.Load(); n > int64(p.MaxSessions) {
+		return refuse(tlv.CodeResourceExceeded, []byte{p.Backoff}, "%d sessions, limit %d", n, p.MaxSessions)
 	}
 	return nil
 }

@@ -28,6 +28,8 @@ type Server struct {
 	own     ownAddrs
 	routes  *addrpolicy.Routes
 	clients *clientTable
+	// policy is Config's reloadable part in force (SetPolicy).
+	policy atomic.Pointer[Policy]
 	// refusalLog rate-limits the refusal log lines.
 	refusalLog *logLimiter
 	active     atomic.Int64
@@ -62,6 +64,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), abortDrain: make(chan struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg), refusalLog: newLogLimiter(refusalLogRate, refusalLogBurst)}
 	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
+	pol := cfg.Policy()
+	s.policy.Store(&pol)
 	return s, nil
 }
 
@@ -411,11 +415,11 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	// for the connection.
 	key := s.clientKey(unmapAddrPort(c.RemoteAddr()).Addr())
 	if s.draining.Load() {
-		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "draining: no new session"))
+		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.pol().Backoff}, "draining: no new session"))
 		return
 	}
 	if err := s.clients.arrive(key); err != nil {
-		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "%v", err))
+		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.pol().Backoff}, "%v", err))
 		return
 	}
 	pendingHeld := true
@@ -584,7 +588,7 @@ func (s *Server) sourceFor(sess *session) (netip.AddrPort, *refusal) {
 	m, err := s.cfg.NAT.Allocate(s.clientKey(sess.clientAddr.Addr()).Addr(), nat.FamilyOf(sess.dest.Addr()))
 	switch {
 	case errors.Is(err, nat.ErrExhausted), errors.Is(err, nat.ErrLogFull):
-		return netip.AddrPort{}, refuse(tlv.CodeResourceExceeded, []byte{s.cfg.Backoff}, "address pool: %v", err)
+		return netip.AddrPort{}, refuse(tlv.CodeResourceExceeded, []byte{s.pol().Backoff}, "address pool: %v", err)
 	case err != nil:
 		return netip.AddrPort{}, refuse(tlv.CodeNetworkFailure, nil, "address pool: %v", err)
 	}

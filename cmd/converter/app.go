@@ -29,11 +29,16 @@ type stdio struct {
 	out, err io.Writer
 }
 
+// argsKey carries the command line the CLI was run with.
+type argsKey struct{}
+
 // run executes the CLI with args (args[0] is the program name) and returns
 // the process exit code.
 func run(ctx context.Context, args []string, io stdio) int {
 	app := newApp(io)
-	err := app.RunContext(ctx, flagsFirst(app.Commands, args))
+	args = flagsFirst(app.Commands, args)
+	// The daemon reloads by evaluating its own command line again.
+	err := app.RunContext(context.WithValue(ctx, argsKey{}, args), args)
 	if err == nil {
 		return exitOK
 	}
@@ -78,6 +83,7 @@ func newApp(io stdio) *cli.App {
 			benchCommand(io),
 			labCommand(io),
 			statusCommand(io),
+			reloadCommand(io),
 		},
 	}
 	// urfave/cli applies the app's OnUsageError to the app's own flags

@@ -80,6 +80,10 @@ func runCommand(io stdio) *cli.Command {
 			if err != nil {
 				return err
 			}
+			// The log level changes on reload.
+			levelVar := new(slog.LevelVar)
+			levelVar.UnmarshalText([]byte(c.String("log-level")))
+			cfg.Logger = slog.New(slog.NewJSONHandler(io.err, &slog.HandlerOptions{Level: levelVar}))
 			cfg.Logger.Info("converter", "version", version)
 			clampMode, err := tfowindow.ParseMode(c.String("tfo-window-clamp"))
 			if err != nil {
@@ -121,14 +125,19 @@ func runCommand(io stdio) *cli.Command {
 			life, endLife := context.WithCancel(context.WithoutCancel(ctx))
 			defer endLife()
 			notify := notifier{log: cfg.Logger}
-			var reloaders []func() error
+			rl := &reloader{args: reloadArgs(c.Context), running: c, srv: srv, level: levelVar, log: cfg.Logger}
 			if cfg.Cookies != nil {
 				path := c.String("cookie-secret")
-				reloaders = append(reloaders, func() error { return reloadCookies(cfg.Cookies, path, cfg.Logger) })
+				rl.cookies = func() error { return reloadCookies(cfg.Cookies, path, cfg.Logger) }
 			}
-			handleHUP(life, cfg.Logger, notify, reloaders)
+			reload := func(ctx context.Context) ReloadOutcome {
+				notify.reloading()
+				defer notify.ready("serving (reloaded)")
+				return rl.reload(ctx)
+			}
+			handleHUP(life, cfg.Logger, reload)
 			var side sync.WaitGroup
-			if err := startObservers(life, &side, c.String("control"), srv, dp, addr, cfg.Logger); err != nil {
+			if err := startObservers(life, &side, c.String("control"), srv, dp, addr, rl, reload, cfg.Logger); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
 			for _, a := range srv.Addrs() {
@@ -226,10 +235,8 @@ func shutdownDrain(d time.Duration) time.Duration {
 }
 
 // handleHUP makes SIGHUP reload, in every mode, and never stop the
-// daemon: each reloader runs in turn (a failing one keeps what is in force
-// and is logged), systemd hears RELOADING then READY. The mapping log
-// reopens on its own handler (--nat share).
-func handleHUP(ctx context.Context, log *slog.Logger, notify notifier, reloaders []func() error) {
+// daemon. The mapping log reopens on its own handler (--nat share).
+func handleHUP(ctx context.Context, log *slog.Logger, reload func(context.Context) ReloadOutcome) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
@@ -239,15 +246,8 @@ func handleHUP(ctx context.Context, log *slog.Logger, notify notifier, reloaders
 			case <-ctx.Done():
 				return
 			case <-hup:
-				notify.reloading()
-				failed := 0
-				for _, r := range reloaders {
-					if r() != nil {
-						failed++
-					}
-				}
-				log.Info("SIGHUP received", "reloads", "cookie secret and mapping log, where configured", "failed", failed)
-				notify.ready("serving (reloaded)")
+				log.Info("SIGHUP received")
+				reload(ctx)
 			}
 		}
 	}()
@@ -309,7 +309,7 @@ func prefixes(ss []string) ([]netip.Prefix, error) {
 
 // startObservers feeds the session table from the kernel's MPTCP events
 // and serves it on the control socket. Both run until ctx ends.
-func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string, srv *engine.Server, dp *dataplane, addr *addressing, log *slog.Logger) error {
+func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string, srv *engine.Server, dp *dataplane, addr *addressing, rl *reloader, reload func(context.Context) ReloadOutcome, log *slog.Logger) error {
 	events, err := mptcpevents.Listen(nil)
 	if err != nil {
 		return fmt.Errorf("subscribe to MPTCP events: %w", err)
@@ -328,6 +328,11 @@ func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string,
 	ctl := control.New(srv.Table(), log)
 	ctl.Register("converter", func() any { return srv.Stats() })
 	ctl.SetReady(srv.Readiness)
+	ctl.Register("reload", rl.lastOutcome)
+	ctl.SetReload(func(ctx context.Context) (any, bool) {
+		o := reload(ctx)
+		return versionedOutcome(o), o.OK
+	})
 	ctl.Register("mptcp_events", func() any { return events.Stats() })
 	ctl.Register("runtime", runtimeStats)
 	ctl.Register("bpf", dp.status)
