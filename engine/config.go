@@ -4,9 +4,11 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"time"
 
@@ -24,6 +26,14 @@ const DefaultListen = "[::]:5124"
 type Config struct {
 	// Listen holds the addresses to listen on (dual stack for [::]).
 	Listen []string
+	// Listeners, when set, are used instead of opening Listen: a caller
+	// that owns its sockets (a test on loopback, a daemon handed its
+	// listeners). The Server closes them when it stops.
+	Listeners []*net.TCPListener
+	// Dial, when set, opens every server leg instead of the engine's own
+	// dialer (source address, transparency and TFO are then the caller's):
+	// it connects to dest and has early sent first.
+	Dial func(ctx context.Context, dest netip.AddrPort, early []byte) (*net.TCPConn, error)
 	// HandshakeTimeout bounds the wait for the Client's Convert message and
 	// for the Client's handshake to complete before the reply.
 	HandshakeTimeout time.Duration

@@ -71,9 +71,16 @@ func New(cfg Config) (*Server, error) {
 
 // Listen opens every configured listener after checking that the kernel
 // can take Convert messages in SYNs.
+//
+// Listeners given in Config.Listeners are used as they are instead (tests,
+// and a daemon handed its sockets); the caller checks the kernel
+// (CheckKernel) before.
 func (s *Server) Listen(ctx context.Context) error {
-	if err := CheckKernel(); err != nil {
-		return fmt.Errorf("kernel check: %w", err)
+	if len(s.cfg.Listeners) > 0 {
+		for _, l := range s.cfg.Listeners {
+			s.addListener(l)
+		}
+		return nil
 	}
 	for _, addr := range s.cfg.Listen {
 		l, err := listen(ctx, addr, s.cfg.Transparent)
@@ -543,6 +550,9 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	server, err := dialVerified(dctx, sess.handshake, unverifiedSynWindow, func(ctx context.Context) (*net.TCPConn, error) {
+		if s.cfg.Dial != nil {
+			return s.cfg.Dial(ctx, sess.dest, early)
+		}
 		return dialServer(ctx, sess.dest, source, sess.preserved, mptcp, early)
 	})
 	if err != nil {

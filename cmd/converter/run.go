@@ -113,6 +113,9 @@ func runCommand(io stdio) *cli.Command {
 			if err != nil {
 				return usageError("%v", err)
 			}
+			if err := engine.CheckKernel(); err != nil {
+				return cli.Exit(fmt.Sprintf("converter: kernel check: %v", err), 1)
+			}
 			if err := srv.Listen(c.Context); err != nil {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
