@@ -92,3 +92,32 @@ clean:
 .PHONY: kernel-check
 kernel-check:
 	KERNEL_SRC="$(KERNEL_SRC)" WORKDIR="$(WORKDIR)" N="$(N)" SIZE="$(SIZE)" RUNS="$(RUNS)" STALL="$(STALL)" GO="$(GO)" kernel/check.sh
+
+# deb: the Debian package dist/converter_$(DEB_VERSION)_amd64.deb, for
+# `apt install ./dist/converter_*.deb`: the binary (built as `make build`
+# does), the systemd unit (UNIT), dist/converter.toml as a conffile, man
+# pages and bash/zsh completions made by the hidden `converter docs`,
+# README.md and LICENSE. Packed by nfpm (packaging/nfpm.yaml), run from the
+# Go module proxy, so nothing is installed. Not part of `make test`.
+NFPM      ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+UNIT      ?= dist/converter.service
+DEB_STAGE ?= bin/deb
+# A Debian version starts with a digit and has no hyphen but before the
+# Debian revision: v1.2.3-4-gabc1234-dirty -> 1.2.3+4+gabc1234+dirty, and a
+# bare commit abc1234 -> 0~gitabc1234 (older than any release).
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -e 's/^v\([0-9]\)/\1/' -e 's/-/+/g' -e '/^[0-9]/!s/^/0~git/')
+DEB       := dist/converter_$(DEB_VERSION)_amd64.deb
+
+.PHONY: deb
+deb: build
+	@test -f "$(UNIT)" || { echo "deb: no systemd unit at $(UNIT) (set UNIT=FILE)"; exit 1; }
+	rm -rf $(DEB_STAGE) && mkdir -p $(DEB_STAGE)/man
+	cp $(BIN) $(DEB_STAGE)/converter
+	$(BIN) docs --man-dir $(DEB_STAGE)/man
+	gzip -9n $(DEB_STAGE)/man/*.1
+	$(BIN) docs --bash > $(DEB_STAGE)/converter.bash
+	$(BIN) docs --zsh > $(DEB_STAGE)/_converter
+	rm -f dist/converter_*_amd64.deb
+	DEB_VERSION='$(DEB_VERSION)' DEB_STAGE='$(DEB_STAGE)' UNIT='$(UNIT)' \
+		$(NFPM) package --config packaging/nfpm.yaml --packager deb --target '$(DEB)'
+	@echo "built $(DEB)"

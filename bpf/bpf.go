@@ -1,4 +1,4 @@
-// Package bpf loads the converter's two tc programs and exposes them through
+// Package bpf loads the converter's three tc programs and exposes them through
 // a small API:
 //
 //   - Steering (steer.c) runs at tcx ingress on the client-facing interfaces
@@ -8,8 +8,10 @@
 //     of locally terminated flows so that policy routing delivers it
 //     locally:
 //
-//     ip rule add fwmark MARK lookup 100;    ip route add local 0.0.0.0/0 dev lo table 100
-//     ip -6 rule add fwmark MARK lookup 100; ip -6 route add local ::/0 dev lo table 100
+//     ip rule add fwmark MARK lookup TABLE;    ip route add local 0.0.0.0/0 dev lo table TABLE
+//     ip -6 rule add fwmark MARK lookup TABLE; ip -6 route add local ::/0 dev lo table TABLE
+//
+//     (the daemon's defaults: MARK 0x2263, TABLE 2263; internal/tproxy)
 //
 //     Packets of a flow whose local socket is in TIME_WAIT are not marked
 //     (the client may reuse the 4-tuple for a plain connection). They reach

@@ -21,6 +21,7 @@ static __always_inline int linear(struct __sk_buff *skb, __u32 n)
 #define CONVERT_MAGIC_LO 0x63
 #define TLV_INFO 0x01
 #define TLV_CONNECT 0x0a
+#define TLV_COOKIE 0x16
 #define CONVERT_MIN_LEN 8 /* header + one TLV word */
 
 /* is_convert reports whether the SYN payload starts with a plausible,
@@ -44,7 +45,9 @@ static __always_inline int is_convert(struct __sk_buff *skb, const struct pkt *p
 		return 0;
 	if (m[2] != CONVERT_MAGIC_HI || m[3] != CONVERT_MAGIC_LO)
 		return 0;
-	if (m[4] != TLV_CONNECT && m[4] != TLV_INFO)
+	/* A message may start with any TLV a client sends (RFC 8803
+	 * Appendix A's A9 starts with its Cookie). */
+	if (m[4] != TLV_CONNECT && m[4] != TLV_INFO && m[4] != TLV_COOKIE)
 		return 0;
 	return m[5] >= 1 && m[5] < m[1];
 }

@@ -44,6 +44,12 @@ func TestSynWindowRewrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A message may start with its Cookie (RFC 8803 Appendix A, A9).
+	cookieFirst, err := tlv.EndMessage(tlv.AppendConnect(tlv.AppendCookie(tlv.BeginMessage(nil), []byte{1, 2, 3, 4, 5, 6, 7, 8}),
+		tlv.Connect{Port: 80, Addr: netip.MustParseAddr("192.0.2.1")}), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	v4 := framer{srcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, dstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2},
 		src: netip.MustParseAddr("10.201.1.2"), dst: netip.MustParseAddr("10.201.1.1"), dport: 5124}
 	v6 := v4
@@ -61,6 +67,7 @@ func TestSynWindowRewrites(t *testing.T) {
 		{"v6 Convert SYN, wscale 10", v6, seg{sport: 40001, flags: flagSYN, opts: wscaleOpt(10), payload: info}, 64800, 63, "clamped"},
 		{"wscale above 14 counts as 14", v4, seg{sport: 40002, flags: flagSYN, opts: wscaleOpt(15), payload: info}, 65535, 3, "clamped"},
 		{"small window keeps 1", v4, seg{sport: 40003, flags: flagSYN, opts: wscaleOpt(14), payload: info}, 1000, 1, "clamped"},
+		{"v4 Convert SYN starting with a Cookie", v4, seg{sport: 40010, flags: flagSYN, opts: wscaleOpt(7), payload: cookieFirst}, 64240, 501, "clamped"},
 		{"no window scale", v4, seg{sport: 40004, flags: flagSYN, opts: mss, payload: info}, 64240, 64240, "unscaled"},
 		{"wscale 0", v4, seg{sport: 40005, flags: flagSYN, opts: wscaleOpt(0), payload: info}, 64240, 64240, "unscaled"},
 		{"SYN with other data", v4, seg{sport: 40006, flags: flagSYN, opts: wscaleOpt(7), payload: []byte("GET / HTTP/1.1\r\n")}, 64240, 64240, ""},

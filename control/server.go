@@ -4,6 +4,8 @@
 //	GET /sessions        the table ({"sessions":[...]}), refreshed from the sockets
 //	GET /sessions/{id}   one session
 //	GET /stats           every registered counter source, by name
+//	GET /ready           200 while the daemon takes new sessions, 503 otherwise
+//	POST /reload         reload the configuration and answer the outcome
 //
 // Add ?refresh=0 to a sessions request to skip the socket reads. The
 // socket is mode 0600: only its owner (root) may use it.

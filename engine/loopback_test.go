@@ -325,11 +325,17 @@ func TestLoopbackHalfCloseAndResets(t *testing.T) {
 		c.CloseWrite()
 	})
 	t.Run("server resets", func(t *testing.T) {
-		dest := lp.server("203.0.113.12:80", func(c *net.TCPConn) { c.SetLinger(0) })
+		// The server resets once the session is up (a reset before the
+		// reply is a Connection Reset refusal instead).
+		dest := lp.server("203.0.113.12:80", func(c *net.TCPConn) {
+			c.Read(make([]byte, 1))
+			c.SetLinger(0)
+		})
 		c, err := lp.convert(client.Options{Dest: dest}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
+		c.Write([]byte("x"))
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("client after the server's reset: %v, want a reset", err)

@@ -9,7 +9,8 @@ import (
 
 // refusal is one way a session ends before the relay: an Error TLV sent to
 // the Client, or a reset or silent abort without one. All of them are made
-// here and turned into bytes on the wire in one place (closeWithRefusal).
+// here and turned into bytes on the wire in one place (finishRefused and
+// refuseAtAccept, through closeWithError).
 type refusal struct {
 	action tlv.Action
 	code   tlv.ErrorCode

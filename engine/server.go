@@ -260,7 +260,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
-		go func() { errc <- s.acceptLoop(ctx, l) }()
+		// Counted like the sessions: an accept loop adds a session to
+		// s.wg, which must not happen once Wait below has begun.
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			errc <- s.acceptLoop(ctx, l)
+		}()
 	}
 	var err error
 	select {
@@ -565,7 +571,11 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 			return &refusal{action: tlv.ActionAbort, reason: err.Error()}
 		}
 		s.stats.dialFailures.Add(1)
-		return dialRefusal(sess.dest, err)
+		r := dialRefusal(sess.dest, err)
+		if r.code == tlv.CodeResourceExceeded { // out of ports or fds here: the configured back-off
+			r.reply = tlv.AppendErrorMessage(nil, r.code, []byte{s.pol().Backoff}, nil)
+		}
+		return r
 	}
 	sess.setServer(server)
 	sess.bytesToServer.Add(int64(len(early)))

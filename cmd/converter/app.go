@@ -84,6 +84,7 @@ func newApp(io stdio) *cli.App {
 			labCommand(io),
 			statusCommand(io),
 			reloadCommand(io),
+			docsCommand(),
 		},
 	}
 	// urfave/cli applies the app's OnUsageError to the app's own flags

@@ -55,6 +55,8 @@ type bpfStatusView struct {
 	SynAckCounters map[string]uint64 `json:"synack_counters"`
 	Steering       *programView      `json:"steering"`
 	SynAckCapture  *programView      `json:"synack_capture"`
+	SynwinCounters map[string]uint64 `json:"synwin_counters"`
+	Synwin         *programView      `json:"synwin"`
 }
 
 type programView struct {
@@ -76,15 +78,15 @@ func printBPFStatus(out io.Writer, raw json.RawMessage) error {
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return cli.Exit(fmt.Sprintf("converter: bpf status: %v", err), 1)
 	}
-	if v.Steering == nil && v.SynAckCapture == nil {
-		fmt.Fprintln(out, "no eBPF program loaded (run the converter with --transparent or --server-iface)")
+	if v.Steering == nil && v.SynAckCapture == nil && v.Synwin == nil {
+		fmt.Fprintln(out, "no eBPF program loaded (run the converter with --transparent or --server-iface, or on a kernel that needs the TFO window clamp)")
 		return nil
 	}
 	for _, p := range []struct {
 		name     string
 		prog     *programView
 		counters map[string]uint64
-	}{{"steering", v.Steering, v.Counters}, {"synack capture", v.SynAckCapture, v.SynAckCounters}} {
+	}{{"tfo window clamp", v.Synwin, v.SynwinCounters}, {"steering", v.Steering, v.Counters}, {"synack capture", v.SynAckCapture, v.SynAckCounters}} {
 		if p.prog == nil {
 			continue
 		}

@@ -132,7 +132,9 @@ func commandManPage(app *cli.App, c *cli.Command) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// The template calls a command's flags GLOBAL OPTIONS.
+	// The template names the program by the page's name and calls a
+	// command's flags GLOBAL OPTIONS.
+	page = strings.Replace(page, ".SH SYNOPSIS\n"+sub.Name+"\n", ".SH SYNOPSIS\n"+app.Name+" "+c.Name+"\n", 1)
 	page = strings.Replace(page, ".SH GLOBAL OPTIONS\n", ".SH OPTIONS\n", 1)
 	return page + fmt.Sprintf(".SH SEE ALSO\n.PP\n\\fB%s\\fP(1)\n", app.Name), nil
 }

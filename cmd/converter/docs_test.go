@@ -90,7 +90,8 @@ func TestDocsManDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(run), `\fB--listen`) || !strings.Contains(string(run), ".SH OPTIONS") {
+	if !strings.Contains(string(run), `\fB--listen`) || !strings.Contains(string(run), ".SH OPTIONS") ||
+		!strings.Contains(string(run), ".SH SYNOPSIS\nconverter run\n") {
 		t.Errorf("converter-run.1 lacks its options:\n%s", run)
 	}
 	if man, err := exec.LookPath("man"); err == nil {

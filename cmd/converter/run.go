@@ -98,7 +98,9 @@ func runCommand(io stdio) *cli.Command {
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
 			defer dp.close(cfg.Logger)
-			natCtx, stopNAT := context.WithCancel(c.Context)
+			// The pool's sweeper runs through the drain; it stops before
+			// the mapping log closes.
+			natCtx, stopNAT := context.WithCancel(context.WithoutCancel(c.Context))
 			defer stopNAT()
 			addr, err := setupAddressing(natCtx, c, &cfg, cfg.Logger)
 			if err != nil {
@@ -108,7 +110,10 @@ func runCommand(io stdio) *cli.Command {
 				}
 				return cli.Exit(fmt.Sprintf("converter: %v", err), 1)
 			}
-			defer addr.close(cfg.Logger)
+			defer func() {
+				stopNAT()
+				addr.close(cfg.Logger)
+			}()
 			srv, err := engine.New(cfg)
 			if err != nil {
 				return usageError("%v", err)
@@ -135,8 +140,13 @@ func runCommand(io stdio) *cli.Command {
 			}
 			reload := func(ctx context.Context) ReloadOutcome {
 				notify.reloading()
-				defer notify.ready("serving (reloaded)")
-				return rl.reload(ctx)
+				o := rl.reload(ctx)
+				if ok, state := srv.Readiness(); ok {
+					notify.ready("serving (reloaded)")
+				} else {
+					notify.send("STATUS=" + state + " (reloaded)") // still draining: no READY after STOPPING
+				}
+				return o
 			}
 			handleHUP(life, cfg.Logger, reload)
 			var side sync.WaitGroup
