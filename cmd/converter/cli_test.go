@@ -11,7 +11,6 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -369,31 +368,13 @@ func TestWithVersion(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a running command and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // `converter run` logs its version first, before any set-up that can fail.
 func TestRunLogsVersion(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("converter run needs root")
 	}
 	ctx, cancel := context.WithCancel(t.Context())
-	var errb syncBuffer
+	var errb benchSyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"converter", "run", "--listen", "127.0.0.1:0", "--control", "",
