@@ -348,6 +348,7 @@ func startObservers(ctx context.Context, wg *sync.WaitGroup, controlPath string,
 	})
 	ctl.Register("mptcp_events", func() any { return events.Stats() })
 	ctl.Register("runtime", runtimeStats)
+	ctl.Register("daemon", func() any { return map[string]string{"version": version} })
 	ctl.Register("bpf", dp.status)
 	ctl.Register("nat", addr.stats)
 	wg.Add(1)
