@@ -438,10 +438,12 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	pendingHeld := true
 	defer func() { s.clients.leave(key, pendingHeld) }()
 	sess := s.newSession(c)
-	s.track(sess)
-	defer s.untrack(sess)
+	// Registered before it is tracked: stopSessions, which may run at any
+	// time once it is, reads sess.entry.
 	s.register(sess)
 	defer s.cfg.Table.Remove(sess.entry)
+	s.track(sess)
+	defer s.untrack(sess)
 	defer s.releaseMapping(sess) // runs when serve returns: both legs are closed by then
 	if untrack := s.steerJoins(sess); untrack != nil {
 		defer untrack()
