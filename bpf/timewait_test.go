@@ -60,15 +60,22 @@ func TestTimeWaitNotLocal(t *testing.T) {
 				t.Fatalf("converter accepted nothing; counters %v", e.counters(t))
 			}
 			readN(t, conv, len(msg))
-			// The converter closes first, then the client: the
-			// converter's side ends in TIME_WAIT.
-			conv.Close()
+			// The converter half-closes first, then the client closes:
+			// the converter's side ends in TIME_WAIT. Half-closing, as
+			// the engine's relay does, keeps the converter's socket a
+			// full one in FIN_WAIT2 until the client's FIN arrives;
+			// closed at once, it would become an orphan whose FIN_WAIT2
+			// the kernel keeps as a time-wait socket, which the program
+			// cannot tell from TIME_WAIT (the client's FIN would then
+			// not be delivered and the test would wait in vain).
+			conv.CloseWrite()
 			c.SetReadDeadline(time.Now().Add(dialDeadline))
 			if _, err := io.ReadAll(c); err != nil {
 				t.Fatalf("client reading to EOF: %v", err)
 			}
 			c.Close()
 			waitTimeWait(t, e.lab.Converter, src, dst)
+			conv.Close()
 			// The client's own socket must be gone (its FIN, not
 			// marked, is reset by the server) before its port can
 			// connect to the same destination again.
