@@ -95,23 +95,6 @@ func benchStartServer(t *testing.T, addr string, wrap func(func() error) error) 
 	return ""
 }
 
-// benchDecodeJSON parses out as exactly one JSON object.
-func benchDecodeJSON(t *testing.T, out string) map[string]any {
-	t.Helper()
-	dec := json.NewDecoder(strings.NewReader(out))
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil {
-		t.Fatalf("output %q: %v", out, err)
-	}
-	if dec.More() {
-		t.Fatalf("output %q: more than one JSON value", out)
-	}
-	if m["version"] != version {
-		t.Errorf("output %q: version %v, want %q", out, m["version"], version)
-	}
-	return m
-}
-
 func benchNumber(t *testing.T, m map[string]any, key string) float64 {
 	t.Helper()
 	v, ok := m[key].(float64)
@@ -124,7 +107,7 @@ func benchNumber(t *testing.T, m map[string]any, key string) float64 {
 // benchCheckThroughput checks the throughput contract.
 func benchCheckThroughput(t *testing.T, out string, wantBytes int64) map[string]any {
 	t.Helper()
-	m := benchDecodeJSON(t, out)
+	m := checkVersionField(t, out)
 	if m["mode"] != "throughput" {
 		t.Errorf("mode %v, want throughput", m["mode"])
 	}
@@ -171,7 +154,7 @@ func benchCheckDirections(t *testing.T, m map[string]any, perDir int64, dirs ...
 // ordered percentiles.
 func benchCheckConnect(t *testing.T, out string) map[string]any {
 	t.Helper()
-	m := benchDecodeJSON(t, out)
+	m := checkVersionField(t, out)
 	if m["mode"] != "connect" {
 		t.Errorf("mode %v, want connect", m["mode"])
 	}
@@ -242,7 +225,7 @@ func TestBenchLoopback(t *testing.T) {
 			if code != 0 {
 				t.Fatalf("idle: exit %d: %s", code, errs)
 			}
-			m = benchDecodeJSON(t, out)
+			m = checkVersionField(t, out)
 			if m["mode"] != "idle" || benchNumber(t, m, "connections") != 20 || benchNumber(t, m, "alive") != 20 || !strings.Contains(errs, "holding") {
 				t.Errorf("idle: %v, stderr %q", m, errs)
 			}
