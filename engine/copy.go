@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -28,13 +27,13 @@ func (bp *bufferPool) put(b *[]byte) { bp.p.Put(b) }
 // copyBuffered copies src to dst with read and write through a pooled
 // buffer. It is used where splice is slow on Linux: into and out of MPTCP
 // sockets (see the design notes), where a plain copy is several times
-// faster and steadier. It returns the bytes copied and the first error;
-// a clean end of src is (n, nil).
+// faster and steadier. It calls moved after each write, returns the
+// bytes copied and the first error; a clean end of src is (n, nil).
 //
 // A buffer is taken only once src has bytes and dst has room, and no more
 // is read than dst takes without blocking: a peer that stops reading
 // pins no buffer, only the kernel's socket buffers.
-func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, count *atomic.Int64, touch func()) (int64, error) {
+func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, moved func(n int64)) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -58,8 +57,7 @@ func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, count *atomic.Int64, 
 			_, werr := dst.Write((*buf)[:n])
 			pool.put(buf)
 			total += int64(n)
-			count.Add(int64(n))
-			touch()
+			moved(int64(n))
 			if werr != nil {
 				return total, werr
 			}

@@ -1,12 +1,11 @@
 package engine
 
 import (
-	sessions "github.com/convert-tc/converter/session"
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
-	"time"
+
+	sessions "github.com/convert-tc/converter/session"
 )
 
 // relayChunk is how many bytes one io.Copy may move before the session's
@@ -29,11 +28,11 @@ func (s *session) relay() {
 }
 
 func (s *session) copyClientToServer() {
-	s.pump(s.server, s.client, &s.bytesToServer, sessions.Client)
+	s.pump(s.entry.Server(), s.entry.Client(), sessions.Client)
 }
 
 func (s *session) copyServerToClient() {
-	s.pump(s.client, s.server, &s.bytesToClient, sessions.Server)
+	s.pump(s.entry.Client(), s.entry.Server(), sessions.Server)
 }
 
 // pump copies src to dst until src ends. On EOF it half-closes dst; on any
@@ -41,20 +40,20 @@ func (s *session) copyServerToClient() {
 // two TCP sockets it splices; when the client leg is MPTCP it copies
 // through a pooled buffer, because splice to and from MPTCP sockets is
 // slow and stalls on Linux (measured: a 64 MiB download took 30 s).
-func (s *session) pump(dst, src *net.TCPConn, count *atomic.Int64, from sessions.Side) {
+func (s *session) pump(dst, src *net.TCPConn, from sessions.Side) {
+	// Per chunk: two atomic updates on the entry, no lock.
+	moved := func(n int64) { s.entry.Count(from, n) }
 	var err error
 	if s.mptcp {
-		_, err = copyBuffered(dst, src, s.buffers, count, s.touch)
+		_, err = copyBuffered(dst, src, s.buffers, moved)
 	} else {
-		err = spliceChunks(dst, src, count, s.touch)
+		err = spliceChunks(dst, src, moved)
 	}
 	if err != nil {
 		s.abortBoth(err)
 		return
 	}
-	if s.entry != nil {
-		s.entry.HalfClosed(from)
-	}
+	s.entry.HalfClosed(from)
 	dst.CloseWrite()
 }
 
@@ -64,7 +63,7 @@ func (s *session) pump(dst, src *net.TCPConn, count *atomic.Int64, from sessions
 // both allow: Go's splice takes a pipe from its pool for the whole call
 // and waits inside it, so an idle session, or one whose peer stopped
 // reading, would otherwise hold a pipe (two fds and up to 64 KiB).
-func spliceChunks(dst, src *net.TCPConn, count *atomic.Int64, touch func()) error {
+func spliceChunks(dst, src *net.TCPConn, moved func(n int64)) error {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return err
@@ -90,8 +89,7 @@ func spliceChunks(dst, src *net.TCPConn, count *atomic.Int64, touch func()) erro
 		lr.N = step
 		n, err := io.Copy(dst, lr)
 		if n > 0 {
-			count.Add(n)
-			touch()
+			moved(n)
 		}
 		if err != nil || lr.N > 0 { // an error, or EOF before the step's end
 			return err
@@ -99,19 +97,13 @@ func spliceChunks(dst, src *net.TCPConn, count *atomic.Int64, touch func()) erro
 	}
 }
 
-func (s *session) touch() { s.lastActive.Store(time.Now().UnixNano()) }
-
 // abortBoth resets both legs once; later calls do nothing.
 func (s *session) abortBoth(cause error) {
 	s.abortOnce.Do(func() {
 		s.setEndReason("aborted: " + cause.Error())
-		if s.entry != nil {
-			s.entry.SetState(sessions.StateClosing)
-		}
-		s.mu.Lock()
-		server := s.server
-		s.mu.Unlock()
-		abort(s.client)
+		s.entry.SetState(sessions.StateClosing)
+		server := s.entry.Server()
+		abort(s.entry.Client())
 		if server != nil {
 			abort(server)
 		}

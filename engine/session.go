@@ -3,8 +3,6 @@ package engine
 import (
 	"errors"
 	"log/slog"
-	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,42 +12,27 @@ import (
 	"github.com/convert-tc/converter/tlv"
 )
 
-// session is one converted connection: the Client leg, the server leg and
-// what the operator wants to know about them.
+// session is the engine's own machinery for one converted connection.
+// The connection's record (legs, addresses, start, counters, state) is
+// its table entry, which operators read too: one copy, not two in step.
 type session struct {
-	id         uint64
-	client     *net.TCPConn
-	clientAddr netip.AddrPort
-	dest       netip.AddrPort
-	original   netip.AddrPort // where the client's SYN was addressed (transparent mode)
-	mapping    nat.Mapping    // the server leg's source from the shared pool, if any
-	preserved  bool           // the server leg is sourced from the client's address
-	start      time.Time
+	entry      *sessions.Entry // never nil: one outside the table when it was full
+	mapping    nat.Mapping     // the server leg's source from the shared pool, if any
+	preserved  bool            // the server leg is sourced from the client's address
 	mptcp      bool            // the Client leg is MPTCP (false: plain TCP or fallback)
 	synData    bool            // the Convert message came in the SYN
 	handshake  *handshakeWatch // the client's handshake, watched from admission on
 	unverified atomic.Bool     // the client never completed its handshake
 	log        *slog.Logger
-	entry      *sessions.Entry // nil when the table was full
 
-	synAckOptions []byte
-	synthesized   bool // synAckOptions rebuilt from TCP_INFO, not captured
+	synAckOptions []byte // the Extended TCP Header's options for the reply
 
-	bytesToServer, bytesToClient atomic.Int64
-	lastActive                   atomic.Int64 // unix nanoseconds
-	idleTimer                    *time.Timer
-	buffers                      *bufferPool
-	abortOnce                    sync.Once
+	idleTimer *time.Timer
+	buffers   *bufferPool
+	abortOnce sync.Once
 
 	mu        sync.Mutex
-	server    *net.TCPConn
 	endReason string
-}
-
-func (s *session) setServer(c *net.TCPConn) {
-	s.mu.Lock()
-	s.server = c
-	s.mu.Unlock()
 }
 
 // setEndReason keeps the first reason given: it is the cause, later ones
@@ -76,7 +59,7 @@ var errIdle = errors.New("idle timeout")
 // checkIdle aborts the session when no byte moved for idle, or re-arms the
 // timer for the time left.
 func (s *session) checkIdle(idle time.Duration) {
-	since := time.Since(time.Unix(0, s.lastActive.Load()))
+	since := time.Since(s.entry.LastActive())
 	if since >= idle {
 		s.abortBoth(errIdle)
 		return

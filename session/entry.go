@@ -1,6 +1,7 @@
 package session
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
@@ -13,20 +14,11 @@ import (
 	"github.com/convert-tc/converter/tlv"
 )
 
-// Counters are counts the engine already keeps for a session. The table
-// reads them when a snapshot is taken, so the relay does not have to
-// report every chunk. A nil field makes the Entry use a counter of its
-// own, which Count updates.
-type Counters struct {
-	ToServer, ToClient *atomic.Int64
-	// LastActive is the time of the last byte relayed, in Unix nanoseconds.
-	LastActive *atomic.Int64
-}
-
-// Entry is one converted connection in the table. Its methods are safe for
+// Entry is one converted connection: the record of its identity and the
+// state the engine shares with operators. Its methods are safe for
 // concurrent use; the engine updates it while the control server reads it.
 type Entry struct {
-	// Set by Add, then read-only.
+	// Set at creation, then read-only.
 	id                      uint64
 	start                   time.Time
 	client                  *net.TCPConn
@@ -35,9 +27,9 @@ type Entry struct {
 	token                   uint32
 	hasToken                bool
 
+	// Atomics: the relay updates them per chunk, without the lock.
 	state                          atomic.Uint32
-	toServer, toClient, lastActive *atomic.Int64
-	own                            struct{ toServer, toClient, lastActive atomic.Int64 }
+	toServer, toClient, lastActive atomic.Int64 // lastActive in Unix nanoseconds
 
 	mu         sync.Mutex
 	fallback   bool
@@ -69,9 +61,6 @@ func newEntry(id uint64, a Accepted) *Entry {
 	if e.start.IsZero() {
 		e.start = time.Now()
 	}
-	e.toServer = orOwn(a.Counters.ToServer, &e.own.toServer)
-	e.toClient = orOwn(a.Counters.ToClient, &e.own.toClient)
-	e.lastActive = orOwn(a.Counters.LastActive, &e.own.lastActive)
 	if a.Client != nil {
 		e.clientAddr = unmapped(a.Client.RemoteAddr())
 		e.clientLocal = unmapped(a.Client.LocalAddr())
@@ -79,11 +68,31 @@ func newEntry(id uint64, a Accepted) *Entry {
 	return e
 }
 
-func orOwn(p, own *atomic.Int64) *atomic.Int64 {
-	if p != nil {
-		return p
+// NewEntry returns an entry that is in no table, for a session the table
+// refused (full): the engine keeps one record per connection either way.
+// Its token is read as Add does, so that joins can still be steered.
+func NewEntry(a Accepted) *Entry {
+	e := newEntry(a.ID, a)
+	if a.Client != nil {
+		e.readToken() // an error leaves it without a token, like a plain client
 	}
-	return own
+	return e
+}
+
+// readToken reads the client leg's local MPTCP token (MPTCP_INFO); a
+// client that is not MPTCP is marked fallback. Called before the entry is
+// shared.
+func (e *Entry) readToken() error {
+	info, err := sockinfo.GetMPTCPInfo(e.client)
+	switch {
+	case errors.Is(err, sockinfo.ErrNotMPTCP):
+		e.fallback = true
+	case err != nil:
+		return err
+	default:
+		e.token, e.hasToken, e.fallback = info.Token, true, info.Fallback
+	}
+	return nil
 }
 
 // ID returns the session id.
@@ -95,6 +104,16 @@ func (e *Entry) Token() (token uint32, ok bool) { return e.token, e.hasToken }
 
 // ClientAddr returns the client's address and port on the initial subflow.
 func (e *Entry) ClientAddr() netip.AddrPort { return e.clientAddr }
+
+// Client returns the client leg.
+func (e *Entry) Client() *net.TCPConn { return e.client }
+
+// Start returns the accept time.
+func (e *Entry) Start() time.Time { return e.start }
+
+// Original returns where the client's SYN was addressed, in transparent
+// mode; zero otherwise.
+func (e *Entry) Original() netip.AddrPort { return e.original }
 
 // State returns the current state.
 func (e *Entry) State() State { return State(e.state.Load()) }
@@ -124,8 +143,8 @@ func (e *Entry) HalfClosed(by Side) {
 	}
 }
 
-// Count adds n bytes relayed from side and marks the session active. Use it
-// only for counters the engine did not hand over in Counters.
+// Count adds n bytes relayed from side and marks the session active. It
+// is the relay's per-chunk call: two atomic operations, no lock.
 func (e *Entry) Count(from Side, n int64) {
 	if from == Client {
 		e.toServer.Add(n)
@@ -135,11 +154,43 @@ func (e *Entry) Count(from Side, n int64) {
 	e.lastActive.Store(time.Now().UnixNano())
 }
 
+// Touch marks the session active without counting bytes.
+func (e *Entry) Touch() { e.lastActive.Store(time.Now().UnixNano()) }
+
+// LastActive returns when the last byte was relayed (or Touch called),
+// the zero time before.
+func (e *Entry) LastActive() time.Time {
+	ns := e.lastActive.Load()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+// Bytes returns the bytes relayed toward the server and toward the client.
+func (e *Entry) Bytes() (toServer, toClient int64) {
+	return e.toServer.Load(), e.toClient.Load()
+}
+
 // SetDestination records the Connect TLV's destination.
 func (e *Entry) SetDestination(dest netip.AddrPort) {
 	e.mu.Lock()
 	e.dest = unmap(dest)
 	e.mu.Unlock()
+}
+
+// Destination returns the Connect TLV's destination, zero until known.
+func (e *Entry) Destination() netip.AddrPort {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.dest
+}
+
+// Server returns the server leg, nil until connected.
+func (e *Entry) Server() *net.TCPConn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.server
 }
 
 // SetServer records the server leg once it is connected.
@@ -155,6 +206,13 @@ func (e *Entry) SetSynAck(src SynAckSource) {
 	e.mu.Lock()
 	e.synAck = src
 	e.mu.Unlock()
+}
+
+// SynAck returns how the Extended TCP Header was made.
+func (e *Entry) SynAck() SynAckSource {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.synAck
 }
 
 // SetSource records how the server leg's source address was chosen:

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,8 +92,7 @@ func TestLabSessionSubflows(t *testing.T) {
 	}()
 
 	conv, client := acceptMPTCP(t, l)
-	var toServer atomic.Int64
-	e, err := tb.Add(Accepted{ID: 1, Client: conv, Counters: Counters{ToServer: &toServer}})
+	e, err := tb.Add(Accepted{ID: 1, Client: conv})
 	if err != nil {
 		t.Fatalf("add: %v", err)
 	}
@@ -114,7 +112,7 @@ func TestLabSessionSubflows(t *testing.T) {
 	done := make(chan int64, 1)
 	go func() {
 		n, _ := io.Copy(io.Discard, conv)
-		toServer.Add(n)
+		e.Count(Client, n)
 		done <- n
 	}()
 	if _, err := client.Write([]byte("hello")); err != nil {

@@ -106,13 +106,10 @@ func (e *Entry) info() Info {
 		ClientLocal:         e.clientLocal,
 		OriginalDestination: e.original,
 		State:               e.State(),
-		BytesToServer:       e.toServer.Load(),
-		BytesToClient:       e.toClient.Load(),
 		Started:             e.start,
+		LastActivity:        e.LastActive(),
 	}
-	if ns := e.lastActive.Load(); ns != 0 {
-		in.LastActivity = time.Unix(0, ns)
-	}
+	in.BytesToServer, in.BytesToClient = e.Bytes()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	in.Destination, in.Upstream = e.dest, e.upstream

@@ -14,8 +14,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/convert-tc/converter/sockinfo"
 )
 
 // DefaultLimit is the table size when NewTable is given 0; it matches the
@@ -40,8 +38,6 @@ type Accepted struct {
 	// Original is the destination the client's SYN was addressed to, in
 	// transparent mode; zero otherwise.
 	Original netip.AddrPort
-	// Counters are the engine's byte counters, read at snapshot time.
-	Counters Counters
 	// Start is the accept time; zero means now.
 	Start time.Time
 }
@@ -89,14 +85,8 @@ func (t *Table) Add(a Accepted) (*Entry, error) {
 		id = t.nextID.Add(1)
 	}
 	e := newEntry(id, a)
-	info, err := sockinfo.GetMPTCPInfo(a.Client)
-	switch {
-	case errors.Is(err, sockinfo.ErrNotMPTCP):
-		e.fallback = true
-	case err != nil:
+	if err := e.readToken(); err != nil {
 		return nil, fmt.Errorf("add session %d: read the client's MPTCP token: %w", id, err)
-	default:
-		e.token, e.hasToken, e.fallback = info.Token, true, info.Fallback
 	}
 
 	// Hold e.mu until seeded: events for the token wait, then apply on top.

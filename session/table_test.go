@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,6 +134,45 @@ func TestBoundAndRefusals(t *testing.T) {
 	}
 }
 
+// TestNewEntry: the record of a session the table refused works like one
+// in the table, and Remove leaves the table alone.
+func TestNewEntry(t *testing.T) {
+	tb := NewTable(1)
+	c, d := pair(t, false)
+	in, err := tb.Add(Accepted{ID: 1, Client: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now().Add(-time.Second)
+	orig := netip.MustParseAddrPort("198.51.100.1:443")
+	if _, err := tb.Add(Accepted{ID: 2, Client: c}); !errors.Is(err, ErrFull) {
+		t.Fatalf("Add past the limit: %v", err)
+	}
+	e := NewEntry(Accepted{ID: 2, Client: c, Start: start, Original: orig})
+	client := d.LocalAddr().(*net.TCPAddr).AddrPort()
+	if e.ID() != 2 || e.Client() != c || e.ClientAddr() != client || !e.Start().Equal(start) || e.Original() != orig {
+		t.Errorf("identity: id %d client %v %s start %v original %s", e.ID(), e.Client(), e.ClientAddr(), e.Start(), e.Original())
+	}
+	if _, ok := e.Token(); ok {
+		t.Error("a plain TCP client has a token")
+	}
+	up, _ := pair(t, false)
+	dest := netip.MustParseAddrPort("192.0.2.1:80")
+	e.SetDestination(dest)
+	e.SetServer(up)
+	e.SetSynAck(SynAckExact)
+	e.Count(Client, 3)
+	if e.Destination() != dest || e.Server() != up || e.SynAck() != SynAckExact || e.LastActive().IsZero() {
+		t.Errorf("shared state: %s %v %s %v", e.Destination(), e.Server(), e.SynAck(), e.LastActive())
+	}
+	if tb.Remove(e) || tb.Len() != 1 {
+		t.Errorf("Remove of an entry not in the table changed it (len %d)", tb.Len())
+	}
+	if got, _ := tb.Get(1); got != in {
+		t.Error("the entry in the table is gone")
+	}
+}
+
 func TestMPTCPToken(t *testing.T) {
 	c, _ := pair(t, true)
 	if ok, _ := c.MultipathTCP(); !ok {
@@ -228,8 +266,7 @@ func TestOverflowResyncs(t *testing.T) {
 func TestStateAndCounters(t *testing.T) {
 	tb := NewTable(0)
 	c, _ := pair(t, false)
-	var toServer, toClient, last atomic.Int64
-	e, err := tb.Add(Accepted{ID: 1, Client: c, Counters: Counters{ToServer: &toServer, ToClient: &toClient, LastActive: &last}})
+	e, err := tb.Add(Accepted{ID: 1, Client: c})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,24 +283,26 @@ func TestStateAndCounters(t *testing.T) {
 	if e.State() != StateClosing {
 		t.Errorf("after both FINs: %s", e.State())
 	}
-	toServer.Store(100)
-	toClient.Store(200)
-	now := time.Now()
-	last.Store(now.UnixNano())
+	if in, _ := tb.Lookup(1, false); !in.LastActivity.IsZero() || !e.LastActive().IsZero() {
+		t.Errorf("active before any byte: %+v", in)
+	}
+	before := time.Now()
+	e.Count(Client, 100)
+	e.Count(Server, 200)
 	in, _ := tb.Lookup(1, false)
-	if in.BytesToServer != 100 || in.BytesToClient != 200 || !in.LastActivity.Equal(now) {
-		t.Errorf("counters not read from the engine: %+v", in)
+	if in.BytesToServer != 100 || in.BytesToClient != 200 || in.LastActivity.Before(before) || !in.LastActivity.Equal(e.LastActive()) {
+		t.Errorf("counters: %+v", in)
+	}
+	if up, down := e.Bytes(); up != 100 || down != 200 {
+		t.Errorf("Bytes() = %d, %d", up, down)
 	}
 
 	c2, _ := pair(t, false)
 	e2, _ := tb.Add(Accepted{ID: 2, Client: c2})
-	e2.Count(Client, 5)
-	e2.Count(Server, 7)
 	e2.SetRefused(tlv.CodeNotAuthorized)
 	in, _ = tb.Lookup(2, false)
-	if in.BytesToServer != 5 || in.BytesToClient != 7 || in.State != StateRefused ||
-		in.ErrorCode == nil || *in.ErrorCode != 32 || in.Error != "Not Authorized" {
-		t.Errorf("own counters and refusal: %+v", in)
+	if in.State != StateRefused || in.ErrorCode == nil || *in.ErrorCode != 32 || in.Error != "Not Authorized" {
+		t.Errorf("refusal: %+v", in)
 	}
 }
 
