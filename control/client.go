@@ -1,14 +1,19 @@
 package control
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/convert-tc/converter/session"
 )
@@ -83,4 +88,64 @@ func do(ctx context.Context, method, path, route string, v any) error {
 		return fmt.Errorf("control request %s on %s: decode the answer: %w", route, path, err)
 	}
 	return nil
+}
+
+// Handover asks the daemon on path to hand over (POST /handover) and
+// returns the connection, switched to the internal/handover protocol.
+// errors.Is(err, ErrNoDaemon) when nobody serves on path.
+func Handover(ctx context.Context, path string) (*net.UnixConn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%s: %w", path, ErrNoDaemon)
+		}
+		return nil, fmt.Errorf("hand-over request on %s: %w", path, err)
+	}
+	uc := c.(*net.UnixConn)
+	if dl, ok := ctx.Deadline(); ok {
+		uc.SetDeadline(dl)
+	}
+	req := "POST /handover HTTP/1.1\r\nHost: converter\r\nContent-Length: 0\r\nConnection: Upgrade\r\nUpgrade: " + HandoverUpgrade + "\r\n\r\n"
+	if _, err := io.WriteString(uc, req); err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("hand-over request on %s: %w", path, err)
+	}
+	// Read the answer's head a byte at a time: what follows it belongs
+	// to the hand-over protocol, with file descriptors, and must not be
+	// read ahead.
+	head, err := readHead(uc)
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("hand-over request on %s: %w", path, err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(head)), nil)
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("hand-over request on %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		uc.Close()
+		return nil, fmt.Errorf("hand-over request on %s: %s (a daemon without hand-over?)", path, resp.Status)
+	}
+	uc.SetDeadline(time.Time{})
+	return uc, nil
+}
+
+// ErrNoDaemon: no daemon serves on the control socket.
+var ErrNoDaemon = errors.New("no converter serves on this control socket")
+
+func readHead(c net.Conn) (string, error) {
+	var b strings.Builder
+	one := make([]byte, 1)
+	for !strings.HasSuffix(b.String(), "\r\n\r\n") {
+		if b.Len() > 4096 {
+			return "", errors.New("answer head too long")
+		}
+		if _, err := io.ReadFull(c, one); err != nil {
+			return "", err
+		}
+		b.WriteByte(one[0])
+	}
+	return b.String(), nil
 }

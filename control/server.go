@@ -6,6 +6,7 @@
 //	GET /stats           every registered counter source, by name
 //	GET /ready           200 while the daemon takes new sessions, 503 otherwise
 //	POST /reload         reload the configuration and answer the outcome
+//	POST /handover       a successor takes over (101, then internal/handover)
 //
 // Add ?refresh=0 to a sessions request to skip the socket reads. The
 // socket is mode 0600: only its owner (root) may use it.
@@ -16,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -40,10 +42,30 @@ type Server struct {
 	table *session.Table
 	log   *slog.Logger
 
-	mu     sync.Mutex
-	stats  map[string]func() any
-	ready  func() (bool, string) // nil: always ready
-	reload func(context.Context) (any, bool)
+	mu       sync.Mutex
+	stats    map[string]func() any
+	ready    func() (bool, string) // nil: always ready
+	reload   func(context.Context) (any, bool)
+	handover func(*net.UnixConn)
+	// replace: Serve takes the socket path over from a live daemon (its
+	// successor's hand-over) instead of refusing to start.
+	replace bool
+}
+
+// SetHandover installs what POST /handover runs once the connection is
+// switched to the hand-over protocol; fn owns the connection.
+func (s *Server) SetHandover(fn func(*net.UnixConn)) {
+	s.mu.Lock()
+	s.handover = fn
+	s.mu.Unlock()
+}
+
+// ReplaceLive makes Serve replace a socket a live daemon still serves on:
+// the successor of a hand-over takes the path over.
+func (s *Server) ReplaceLive() {
+	s.mu.Lock()
+	s.replace = true
+	s.mu.Unlock()
 }
 
 // SetReload installs what POST /reload runs: it returns the outcome to
@@ -97,6 +119,7 @@ func (s *Server) Handler() http.Handler {
 	// new sessions are taken, 503 otherwise.
 	mux.HandleFunc("GET /ready", s.readyHandler)
 	mux.HandleFunc("POST /reload", s.reloadHandler)
+	mux.HandleFunc("POST /handover", s.handoverHandler)
 	// Profiles, for operators chasing memory or CPU; the socket is root's.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -152,6 +175,39 @@ func (s *Server) reloadHandler(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(out)
 }
 
+// HandoverUpgrade is the Upgrade token of POST /handover.
+const HandoverUpgrade = "converter-handover"
+
+func (s *Server) handoverHandler(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	fn := s.handover
+	s.mu.Unlock()
+	if fn == nil {
+		http.Error(w, "this daemon does not hand over", http.StatusNotImplemented)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "connection cannot be taken over", http.StatusInternalServerError)
+		return
+	}
+	conn, buf, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	uc, ok := conn.(*net.UnixConn)
+	if !ok || buf.Reader.Buffered() > 0 {
+		conn.Close() // the protocol starts with the 101: nothing may precede it
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: "+HandoverUpgrade+"\r\nConnection: Upgrade\r\n\r\n"); err != nil {
+		conn.Close()
+		return
+	}
+	fn(uc)
+}
+
 func (s *Server) statsHandler(w http.ResponseWriter, _ *http.Request) {
 	s.mu.Lock()
 	fns := make(map[string]func() any, len(s.stats))
@@ -184,11 +240,21 @@ func writeJSON(w http.ResponseWriter, v any) {
 // Serve listens on the unix socket path (mode 0600) and serves until ctx
 // ends; it then waits for requests in flight and removes the socket file.
 func (s *Server) Serve(ctx context.Context, path string) error {
-	ln, err := Listen(path)
+	s.mu.Lock()
+	replace := s.replace
+	s.mu.Unlock()
+	ln, err := listen(path, replace)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(path)
+	// A successor may have replaced the file: remove only our own.
+	if own, err := os.Stat(path); err == nil {
+		defer func() {
+			if now, err := os.Stat(path); err == nil && os.SameFile(own, now) {
+				os.Remove(path)
+			}
+		}()
+	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -214,13 +280,21 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 // so it is never reachable with looser permissions whatever the umask. A
 // stale socket left by a dead daemon is replaced; a live one is an error.
 // The caller removes path after closing the listener.
-func Listen(path string) (*net.UnixListener, error) {
+func Listen(path string) (*net.UnixListener, error) { return listen(path, false) }
+
+// listen is Listen; with replace a live daemon's socket is replaced too
+// (the rename below is atomic: a client reaches one daemon or the other).
+func listen(path string, replace bool) (*net.UnixListener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create the control socket's directory %s: %w", dir, err)
 	}
-	if err := clearStale(path); err != nil {
-		return nil, err
+	if !replace {
+		if err := clearStale(path); err != nil {
+			return nil, err
+		}
+	} else if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
+		return nil, fmt.Errorf("%s exists and is not a socket: not replacing it", path)
 	}
 	tmp, err := os.MkdirTemp(dir, ".control-")
 	if err != nil {

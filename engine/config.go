@@ -30,6 +30,13 @@ type Config struct {
 	// that owns its sockets (a test on loopback, a daemon handed its
 	// listeners). The Server closes them when it stops.
 	Listeners []*net.TCPListener
+	// Inherited are the listening sockets a predecessor process handed
+	// over (Server.HandOverListeners): a configured one whose address is
+	// one of Listen is used instead of opening it; a transparent per-port
+	// one is held for the predecessor's sessions, whose joins may need it,
+	// until PredecessorDone is closed, and then kept like one opened here.
+	Inherited       []HandedListener
+	PredecessorDone <-chan struct{}
 	// Dial, when set, opens every server leg instead of the engine's own
 	// dialer (source address, transparency and TFO are then the caller's):
 	// it connects to dest and has early sent first.

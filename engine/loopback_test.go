@@ -8,12 +8,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/convert-tc/converter/client"
 	"github.com/convert-tc/converter/cookie"
+	sessions "github.com/convert-tc/converter/session"
 	"github.com/convert-tc/converter/tlv"
 	"github.com/convert-tc/converter/tlv/tlvtest"
 )
@@ -28,6 +30,7 @@ type loop struct {
 	srv    *Server
 	via    netip.AddrPort
 	dialTo map[netip.AddrPort]func(ctx context.Context, early []byte) (*net.TCPConn, error)
+	stop   func() error // stops Serve (once) and returns its error
 }
 
 func newLoop(t *testing.T, mod func(*Config)) *loop {
@@ -64,9 +67,17 @@ func newLoop(t *testing.T, mod func(*Config)) *loop {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx) }()
+	var once sync.Once
+	var serveErr error
+	lp.stop = func() error {
+		once.Do(func() {
+			cancel()
+			serveErr = <-done
+		})
+		return serveErr
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := lp.stop(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})
@@ -372,5 +383,52 @@ func TestLoopbackIdleTimeout(t *testing.T) {
 	_, err = io.ReadAll(c)
 	if took := time.Since(start); err == nil || took < 250*time.Millisecond || took > 3*time.Second {
 		t.Errorf("idle session ended after %v with %v; want a reset after about 300 ms", took, err)
+	}
+}
+
+// TestLoopbackTableFull: a session the table has no room for is served
+// all the same, and the one in the table counts its bytes there.
+func TestLoopbackTableFull(t *testing.T) {
+	lp := newLoop(t, func(c *Config) { c.Table = sessions.NewTable(1) })
+	dest := lp.server("203.0.113.30:80", echoConn)
+	first, err := lp.convert(client.Options{Dest: dest}, []byte("early"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(first, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	second, err := lp.convert(client.Options{Dest: dest}, []byte("hello"))
+	if err != nil {
+		t.Fatalf("session past the table's limit: %v", err)
+	}
+	second.CloseWrite()
+	if got, err := io.ReadAll(second); err != nil || string(got) != "hello" {
+		t.Fatalf("echo past the table's limit: %q, %v", got, err)
+	}
+	tb := lp.srv.Table()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := tb.Snapshot(false).Sessions
+		if len(s) == 1 && s[0].BytesToServer == 5 && s[0].BytesToClient == 5 {
+			if s[0].Destination != dest || s[0].State != sessions.StateEstablished || s[0].LastActivity.IsZero() {
+				t.Errorf("entry: %+v", s[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("table: %+v", s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if c := tb.Counts(); c.Refused != 1 {
+		t.Errorf("counts %+v, want one refused", c)
+	}
+	first.Close()
+	for tb.Len() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the ended session stayed in the table")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -52,6 +52,7 @@ type Server struct {
 	sessCtx    context.Context
 	abortSess  context.CancelFunc
 	draining   atomic.Bool
+	handedOver atomic.Bool   // a successor accepts on our sockets (HandedOver)
 	abortDrain chan struct{} // closed by Abort
 	abortOnce  sync.Once
 }
@@ -82,7 +83,12 @@ func (s *Server) Listen(ctx context.Context) error {
 		}
 		return nil
 	}
-	for _, addr := range s.cfg.Listen {
+	open, err := s.adoptInherited()
+	if err != nil {
+		s.closeListeners()
+		return err
+	}
+	for _, addr := range open {
 		l, err := listen(ctx, addr, s.cfg.Transparent)
 		if err != nil {
 			s.closeListeners()
@@ -141,7 +147,7 @@ func (s *Server) acquirePort(port uint16) (release func()) {
 		}
 		s.mu.Unlock()
 		<-pl.ready // a join may follow within a round trip: wait for it
-		if revive && pl.l != nil && s.cfg.Joins != nil {
+		if revive && pl.l != nil && s.cfg.Joins != nil && !s.handedOver.Load() {
 			s.cfg.Joins.AddListenerPort(port)
 		}
 	}
@@ -154,6 +160,9 @@ type portListener struct {
 	l      *net.TCPListener // nil when opening failed
 	ready  chan struct{}    // closed once l is set (or failed)
 	linger *time.Timer      // set while it waits to close; guarded by Server.mu
+	// inherited: handed over by a predecessor, which holds one reference
+	// until it is gone (Config.PredecessorDone).
+	inherited bool
 }
 
 // portLinger is how long a per-port listener stays open after its last
@@ -212,7 +221,8 @@ func (s *Server) releasePort(port uint16, pl *portListener) {
 	}
 	// Unregister first, so that new SYNs to this port go to the main
 	// listener; close once those already steered here were accepted.
-	if s.cfg.Joins != nil {
+	// Handed over, the port is the successor's to unregister.
+	if s.cfg.Joins != nil && !s.handedOver.Load() {
 		s.cfg.Joins.RemoveListenerPort(port)
 	}
 	pl.linger = time.AfterFunc(portLinger, func() {
@@ -258,6 +268,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if len(ls) == 0 {
 		return errors.New("serve: no listener (call Listen first)")
 	}
+	s.serveInherited()
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		// Counted like the sessions: an accept loop adds a session to
@@ -272,6 +283,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	}
+	if s.handedOver.Load() {
+		s.closeListeners() // the successor accepts on all of them
 	}
 	s.draining.Store(true)
 	s.closeMainListeners()
@@ -321,6 +335,8 @@ func (s *Server) Readiness() (bool, string) {
 	started := s.serveCtx != nil
 	s.mu.Unlock()
 	switch {
+	case s.handedOver.Load() && s.draining.Load():
+		return false, "handed over"
 	case s.draining.Load():
 		return false, "draining"
 	case !started:
@@ -427,7 +443,9 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	// The per-client limits come first, before anything is allocated
 	// for the connection.
 	key := s.clientKey(unmapAddrPort(c.RemoteAddr()).Addr())
-	if s.draining.Load() {
+	// What was accepted before a hand-over is served: the successor
+	// takes only what comes after.
+	if s.draining.Load() && !s.handedOver.Load() {
 		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.pol().Backoff}, "draining: no new session"))
 		return
 	}
@@ -438,9 +456,6 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	pendingHeld := true
 	defer func() { s.clients.leave(key, pendingHeld) }()
 	sess := s.newSession(c)
-	// Registered before it is tracked: stopSessions, which may run at any
-	// time once it is, reads sess.entry.
-	s.register(sess)
 	defer s.cfg.Table.Remove(sess.entry)
 	s.track(sess)
 	defer s.untrack(sess)
@@ -463,10 +478,10 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	var m tlv.Message
 	n, got, r := s.readRequest(c, bufp[:], &m)
 	if r == nil {
-		r = s.admit(&m, sess.clientAddr.Addr())
+		r = s.admit(&m, sess.entry.ClientAddr().Addr())
 	}
 	if _, isConnect := m.Connect(); r == nil && isConnect && s.cfg.Transparent && sess.mptcp {
-		defer s.acquirePort(sess.original.Port())()
+		defer s.acquirePort(sess.entry.Original().Port())()
 	}
 	if r != nil {
 		s.finishRefused(sess, r)
@@ -478,12 +493,9 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 		return
 	}
 	info := m.Info() // m aliases the buffer, which is released below
-	sess.dest = conn.AddrPort()
-	sess.log = sess.log.With("destination", sess.dest.String())
-	if sess.entry != nil {
-		sess.entry.SetDestination(sess.dest)
-	}
-	sess.handshake = s.watchHandshake(ctx, sess.client)
+	sess.entry.SetDestination(conn.AddrPort())
+	sess.log = sess.log.With("destination", conn.AddrPort().String())
+	sess.handshake = s.watchHandshake(ctx, sess.entry.Client())
 	if r := s.connect(ctx, sess, conn, bufp[n:got]); r != nil {
 		s.finishRefused(sess, r)
 		return
@@ -492,17 +504,15 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	reply := successReply(info, s.cfg.SupportedKinds, sess.synAckOptions)
 	if err := s.replyToClient(ctx, sess, reply); err != nil {
 		sess.setEndReason("reply: " + err.Error())
-		abort(sess.client)
-		abort(sess.server)
+		abort(sess.entry.Client())
+		abort(sess.entry.Server())
 		s.logEnd(sess)
 		return
 	}
 	s.clients.established(key)
 	pendingHeld = false
 	s.stats.converted.Add(1)
-	if sess.entry != nil {
-		sess.entry.SetState(sessions.StateEstablished)
-	}
+	sess.entry.SetState(sessions.StateEstablished)
 	s.runRelay(sess)
 }
 
@@ -540,6 +550,7 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	for o := range conn.ConnectOptions() {
 		mptcp = mptcp || o.Kind == tlv.OptMPTCP
 	}
+	dest := sess.entry.Destination()
 	source, r := s.sourceFor(sess)
 	if r != nil {
 		return r
@@ -559,9 +570,9 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	defer cancel()
 	server, err := dialVerified(dctx, sess.handshake, unverifiedSynWindow, func(ctx context.Context) (*net.TCPConn, error) {
 		if s.cfg.Dial != nil {
-			return s.cfg.Dial(ctx, sess.dest, early)
+			return s.cfg.Dial(ctx, dest, early)
 		}
-		return dialServer(ctx, sess.dest, source, sess.preserved, mptcp, early)
+		return dialServer(ctx, dest, source, sess.preserved, mptcp, early)
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -573,24 +584,24 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 			return &refusal{action: tlv.ActionAbort, reason: err.Error()}
 		}
 		s.stats.dialFailures.Add(1)
-		r := dialRefusal(sess.dest, err)
+		r := dialRefusal(dest, err)
 		if r.code == tlv.CodeResourceExceeded { // out of ports or fds here: the configured back-off
 			r.reply = tlv.AppendErrorMessage(nil, r.code, []byte{s.pol().Backoff}, nil)
 		}
 		return r
 	}
-	sess.setServer(server)
-	sess.bytesToServer.Add(int64(len(early)))
-	sess.synAckOptions, sess.synthesized = s.synAckOptions(server, sess.dest)
-	if sess.entry != nil {
-		sess.entry.SetServer(server)
-		sess.entry.SetSource(sess.sourceKind())
-		src := sessions.SynAckExact
-		if sess.synthesized {
-			src = sessions.SynAckSynthesized
-		}
-		sess.entry.SetSynAck(src)
+	sess.entry.SetServer(server)
+	if len(early) > 0 {
+		sess.entry.Count(sessions.Client, int64(len(early)))
 	}
+	opts, synthesized := s.synAckOptions(server, dest)
+	sess.synAckOptions = opts
+	sess.entry.SetSource(sess.sourceKind())
+	src := sessions.SynAckExact
+	if synthesized {
+		src = sessions.SynAckSynthesized
+	}
+	sess.entry.SetSynAck(src)
 	return nil
 }
 
@@ -598,8 +609,8 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 // address) or a mapping from the shared pool, released when the session
 // ends. An exhausted pool refuses the session; it never evicts another.
 func (s *Server) sourceFor(sess *session) (netip.AddrPort, *refusal) {
-	client := sess.clientAddr.Addr()
-	if s.cfg.Preserve && client.Is4() == sess.dest.Addr().Is4() {
+	client, dest := sess.entry.ClientAddr().Addr(), sess.entry.Destination()
+	if s.cfg.Preserve && client.Is4() == dest.Addr().Is4() {
 		sess.preserved = true
 		return netip.AddrPortFrom(client, 0), nil
 	}
@@ -607,7 +618,7 @@ func (s *Server) sourceFor(sess *session) (netip.AddrPort, *refusal) {
 		return netip.AddrPort{}, nil
 	}
 	// Paired pooling per subscriber: an IPv6 client is its prefix.
-	m, err := s.cfg.NAT.Allocate(s.clientKey(sess.clientAddr.Addr()).Addr(), nat.FamilyOf(sess.dest.Addr()))
+	m, err := s.cfg.NAT.Allocate(s.clientKey(client).Addr(), nat.FamilyOf(dest.Addr()))
 	switch {
 	case errors.Is(err, nat.ErrExhausted), errors.Is(err, nat.ErrLogFull):
 		return netip.AddrPort{}, refuse(tlv.CodeResourceExceeded, []byte{s.pol().Backoff}, "address pool: %v", err)
@@ -667,9 +678,10 @@ func (s *Server) replyToClient(ctx context.Context, sess *session, reply []byte)
 		s.stats.unverified.Add(1)
 		return fmt.Errorf("%w: %v", errUnverified, err)
 	}
-	sess.client.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	defer sess.client.SetWriteDeadline(time.Time{})
-	if _, err := sess.client.Write(reply); err != nil {
+	c := sess.entry.Client()
+	c.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	defer c.SetWriteDeadline(time.Time{})
+	if _, err := c.Write(reply); err != nil {
 		return fmt.Errorf("write reply: %w", err)
 	}
 	return nil
@@ -681,10 +693,10 @@ func (s *Server) runRelay(sess *session) {
 		sess.idleTimer = t
 		defer t.Stop()
 	}
-	sess.touch()
+	sess.entry.Touch()
 	sess.relay()
-	sess.client.Close()
-	sess.server.Close()
+	sess.entry.Client().Close()
+	sess.entry.Server().Close()
 	s.logEnd(sess)
 }
 
@@ -701,7 +713,7 @@ func (s *Server) refuseAtAccept(c *net.TCPConn, r *refusal) {
 
 func (s *Server) finishRefused(sess *session, r *refusal) {
 	s.stats.refusal(r)
-	if sess.entry != nil && r.action == tlv.ActionReply {
+	if r.action == tlv.ActionReply {
 		sess.entry.SetRefused(r.code)
 	}
 	attrs := []any{"action", r.action.String(), "reason", r.reason}
@@ -712,28 +724,30 @@ func (s *Server) finishRefused(sess *session, r *refusal) {
 		sess.log.Info("refused", append(attrs, extra...)...)
 	}
 	if r.action == tlv.ActionReply {
-		closeWithError(sess.client, r.reply, s.cfg.DrainTimeout)
+		closeWithError(sess.entry.Client(), r.reply, s.cfg.DrainTimeout)
 		return
 	}
-	abort(sess.client)
+	abort(sess.entry.Client())
 }
 
 func (s *Server) finishInfo(sess *session) {
 	s.stats.infoOnly.Add(1)
 	sess.log.Info("info answered")
-	closeWithError(sess.client, infoReply(s.cfg.SupportedKinds), s.cfg.DrainTimeout)
+	closeWithError(sess.entry.Client(), infoReply(s.cfg.SupportedKinds), s.cfg.DrainTimeout)
 }
 
 func (s *Server) logEnd(sess *session) {
+	e := sess.entry
 	attrs := []any{}
-	if sess.original.IsValid() {
-		attrs = append(attrs, "original_destination", sess.original.String())
+	if o := e.Original(); o.IsValid() {
+		attrs = append(attrs, "original_destination", o.String())
 	}
+	toServer, toClient := e.Bytes()
 	sess.log.With(attrs...).Info("session end",
-		"bytes_to_server", sess.bytesToServer.Load(),
-		"bytes_to_client", sess.bytesToClient.Load(),
-		"duration_ms", time.Since(sess.start).Milliseconds(),
-		"syn_ack_options", map[bool]string{true: "synthesized", false: "exact"}[sess.synthesized],
+		"bytes_to_server", toServer,
+		"bytes_to_client", toClient,
+		"duration_ms", time.Since(e.Start()).Milliseconds(),
+		"syn_ack_options", e.SynAck().String(), // set by connect, before any logEnd
 		"end", sess.reason())
 }
 
@@ -742,46 +756,43 @@ func isEOFOrTimeout(err error) bool {
 	return errors.Is(err, io.EOF) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-// newSession records what is known at accept time.
+// newSession records what is known at accept time, and registers it.
 func (s *Server) newSession(c *net.TCPConn) *session {
-	sess := &session{id: s.nextID.Add(1), client: c, start: time.Now(), mptcp: multipath(c), buffers: s.buffers}
-	sess.clientAddr = unmapAddrPort(c.RemoteAddr())
+	a := sessions.Accepted{ID: s.nextID.Add(1), Client: c, Start: time.Now()}
 	if s.cfg.Transparent {
 		// A steered SYN was accepted as if by the server it named.
-		sess.original = unmapAddrPort(c.LocalAddr())
+		a.Original = unmapAddrPort(c.LocalAddr())
 	}
+	sess := &session{mptcp: multipath(c), buffers: s.buffers}
 	if info, err := sockinfo.GetTCPInfo(c); err == nil {
 		sess.synData = info.SynData()
 	}
 	s.stats.accepted(sess)
-	sess.log = s.log.With("session", sess.id, "client", sess.clientAddr.String(), "mptcp", sess.mptcp)
+	var err error
+	sess.entry, err = s.register(a)
+	sess.log = s.log.With("session", a.ID, "client", sess.entry.ClientAddr().String(), "mptcp", sess.mptcp)
+	if err != nil {
+		sess.log.Debug("not in the session table", "error", err.Error())
+	}
 	return sess
 }
 
 // register puts the session in the operators' table. A full table costs
-// the session its entry, not its service: the table counts the refusal.
-func (s *Server) register(sess *session) {
-	e, err := s.cfg.Table.Add(sessions.Accepted{
-		ID:       sess.id,
-		Client:   sess.client,
-		Start:    sess.start,
-		Original: sess.original,
-		Counters: sessions.Counters{
-			ToServer: &sess.bytesToServer, ToClient: &sess.bytesToClient, LastActive: &sess.lastActive,
-		},
-	})
+// the session its place there, not its service: the table counts the
+// refusal and the session gets an entry outside the table.
+func (s *Server) register(a sessions.Accepted) (*sessions.Entry, error) {
+	e, err := s.cfg.Table.Add(a)
 	if err != nil {
-		sess.log.Debug("not in the session table", "error", err.Error())
-		return
+		return sessions.NewEntry(a), err
 	}
-	sess.entry = e
+	return e, nil
 }
 
 // steerJoins puts the session's MPTCP token in the steering program's map
 // at once (the client's MP_JOIN may follow within an RTT) and returns the
 // function that takes it out.
 func (s *Server) steerJoins(sess *session) func() {
-	if s.cfg.Joins == nil || sess.entry == nil {
+	if s.cfg.Joins == nil {
 		return nil
 	}
 	token, ok := sess.entry.Token()
