@@ -27,6 +27,7 @@ type tcxLink struct {
 	ifindex int
 	netns   uint64
 	l       link.Link
+	adopted bool // inherited from a predecessor process (adopt)
 }
 
 // currentNetns returns the inode of the calling thread's network namespace:
@@ -49,7 +50,11 @@ func (t *tcxLinks) attach(ifindex int) error {
 	if err != nil {
 		return fmt.Errorf("attach tcx ingress on ifindex %d: %w", ifindex, err)
 	}
-	if t.find(ns, ifindex) >= 0 {
+	if i := t.find(ns, ifindex); i >= 0 {
+		if t.links[i].adopted {
+			t.links[i].adopted = false // the predecessor's link runs this program already
+			return nil
+		}
 		return fmt.Errorf("attach tcx ingress on ifindex %d: already attached", ifindex)
 	}
 	nl, err := netlink.LinkByIndex(ifindex)

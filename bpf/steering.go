@@ -32,6 +32,10 @@ type SteeringConfig struct {
 	// size costs only its bucket array (about 16 bytes per entry rounded
 	// up to a power of two) until tokens are added.
 	MaxTokens uint32
+	// Inherit are a predecessor's maps and links (Steering.HandOver):
+	// the program shares its token and port maps and counters, and takes
+	// its links over in place.
+	Inherit []Object
 }
 
 // Steering is the loaded steer program.
@@ -77,12 +81,28 @@ func LoadSteering(cfg SteeringConfig) (*Steering, error) {
 	if err := spec.Variables[steerVarConverterPort].Set(cfg.Port); err != nil {
 		return nil, fmt.Errorf("load steer program: set converter port: %w", err)
 	}
+	maps, err := inheritMaps(spec, cfg.Inherit, steerMapTokens, steerMapListenerPorts, steerMapSteerCounters)
+	if err != nil {
+		return nil, fmt.Errorf("load steer program: %w", err)
+	}
+	defer closeMaps(maps)
 	s := &Steering{}
-	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&s.objs, &ebpf.CollectionOptions{MapReplacements: maps}); err != nil {
 		return nil, fmt.Errorf("load steer program: %w", err)
 	}
 	s.links.prog = s.objs.Steer
+	if err := s.links.adopt(cfg.Inherit); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("load steer program: %w", err)
+	}
 	return s, nil
+}
+
+// HandOver duplicates the maps and links for a successor process.
+func (s *Steering) HandOver() ([]Object, error) {
+	return handOver(map[string]*ebpf.Map{
+		steerMapTokens: s.objs.Tokens, steerMapListenerPorts: s.objs.ListenerPorts, steerMapSteerCounters: s.objs.SteerCounters,
+	}, &s.links)
 }
 
 func checkSteerSpec(spec *ebpf.CollectionSpec) error {

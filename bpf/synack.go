@@ -26,8 +26,10 @@ var synackCounterNames = []string{
 	synackSynackCounterSYNACK_SKIPPED:       "skipped",
 }
 
-// LoadSynAckCapture loads the synack program into the kernel.
-func LoadSynAckCapture() (*SynAckCapture, error) {
+// LoadSynAckCapture loads the synack program into the kernel; with a
+// predecessor's objects (HandOver) it shares its maps and takes its links
+// over in place.
+func LoadSynAckCapture(inherit ...Object) (*SynAckCapture, error) {
 	spec, err := loadSynack()
 	if err != nil {
 		return nil, fmt.Errorf("load synack program: %w", err)
@@ -35,13 +37,27 @@ func LoadSynAckCapture() (*SynAckCapture, error) {
 	if err := checkSynackSpec(spec); err != nil {
 		return nil, fmt.Errorf("load synack program: %w", err)
 	}
+	maps, err := inheritMaps(spec, inherit, synackMapSynackOpts, synackMapSynackCounters)
+	if err != nil {
+		return nil, fmt.Errorf("load synack program: %w", err)
+	}
+	defer closeMaps(maps)
 	c := &SynAckCapture{}
-	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{MapReplacements: maps}); err != nil {
 		return nil, fmt.Errorf("load synack program: %w", err)
 	}
 	c.links.prog = c.objs.Synack
 	c.links.first = true // it returns TCX_NEXT: whatever follows still runs
+	if err := c.links.adopt(inherit); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("load synack program: %w", err)
+	}
 	return c, nil
+}
+
+// HandOver duplicates the maps and links for a successor process.
+func (c *SynAckCapture) HandOver() ([]Object, error) {
+	return handOver(map[string]*ebpf.Map{synackMapSynackOpts: c.objs.SynackOpts, synackMapSynackCounters: c.objs.SynackCounters}, &c.links)
 }
 
 func checkSynackSpec(spec *ebpf.CollectionSpec) error {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/cilium/ebpf"
 )
 
 // SynWindowClamp is the loaded synwin program: at tcx ingress, ahead of
@@ -24,8 +26,10 @@ var synwinCounterNames = []string{
 	synwinSynwinCounterSYNWIN_FAILED:   "failed",
 }
 
-// LoadSynWindowClamp loads the synwin program into the kernel.
-func LoadSynWindowClamp() (*SynWindowClamp, error) {
+// LoadSynWindowClamp loads the synwin program into the kernel; with a
+// predecessor's objects (HandOver) it shares its counters and takes its
+// links over in place.
+func LoadSynWindowClamp(inherit ...Object) (*SynWindowClamp, error) {
 	spec, err := loadSynwin()
 	if err != nil {
 		return nil, fmt.Errorf("load synwin program: %w", err)
@@ -33,13 +37,27 @@ func LoadSynWindowClamp() (*SynWindowClamp, error) {
 	if err := checkCounters(spec, synwinMapSynwinCounters, synwinCounterNames); err != nil {
 		return nil, fmt.Errorf("load synwin program: %w", err)
 	}
+	maps, err := inheritMaps(spec, inherit, synwinMapSynwinCounters)
+	if err != nil {
+		return nil, fmt.Errorf("load synwin program: %w", err)
+	}
+	defer closeMaps(maps)
 	c := &SynWindowClamp{}
-	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{MapReplacements: maps}); err != nil {
 		return nil, fmt.Errorf("load synwin program: %w", err)
 	}
 	c.links.prog = c.objs.Synwin
 	c.links.first = true
+	if err := c.links.adopt(inherit); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("load synwin program: %w", err)
+	}
 	return c, nil
+}
+
+// HandOver duplicates the counters and links for a successor process.
+func (c *SynWindowClamp) HandOver() ([]Object, error) {
+	return handOver(map[string]*ebpf.Map{synwinMapSynwinCounters: c.objs.SynwinCounters}, &c.links)
 }
 
 // Attach attaches the program first at tcx ingress of the interface with
