@@ -3,20 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
-	"os"
-	"path/filepath"
-	"slices"
 	"sort"
-	"strings"
 
 	"github.com/BurntSushi/toml"
 	"github.com/urfave/cli/v2"
-
-	"github.com/convert-tc/converter/cookie"
-	"github.com/convert-tc/converter/engine"
-	"github.com/convert-tc/converter/internal/tfowindow"
 )
 
 // configFlags are --config and --check of converter run.
@@ -78,98 +68,4 @@ func configValues(v any) []string {
 		return out
 	}
 	return []string{fmt.Sprint(v)}
-}
-
-// checkConfig validates what can be checked without side effects and
-// returns every problem found.
-func checkConfig(c *cli.Context, io stdio) []string {
-	var problems []string
-	add := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)) }
-
-	for _, l := range c.StringSlice("listen") {
-		host, port, err := net.SplitHostPort(l)
-		if err != nil {
-			add("--listen %q: %v", l, err)
-			continue
-		}
-		if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil && host != "" {
-			add("--listen %q: address: %v", l, err)
-		}
-		if _, err := net.LookupPort("tcp", port); err != nil {
-			add("--listen %q: port: %v", l, err)
-		}
-	}
-	for _, name := range []string{"deny", "allow-clients", "allow-destinations", "pool"} {
-		for _, p := range c.StringSlice(name) {
-			if _, err := prefixes([]string{p}); err != nil {
-				add("--%s %q: %v", name, p, err)
-			}
-		}
-	}
-	if path := c.String("cookie-secret"); path != "" {
-		if _, err := cookie.Load(path); err != nil {
-			add("--cookie-secret: %v", err)
-		}
-	}
-	if path := c.String("nat-log"); path != "" {
-		if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
-			add("--nat-log %s: directory %s does not exist", path, filepath.Dir(path))
-		}
-	}
-	if _, err := tfowindow.ParseMode(c.String("tfo-window-clamp")); err != nil {
-		add("--tfo-window-clamp: %v", err)
-	}
-	for _, name := range []string{"client-iface", "server-iface"} {
-		for _, ifc := range c.StringSlice(name) {
-			if _, err := net.InterfaceByName(ifc); err != nil {
-				add("--%s %s: %v", name, ifc, err)
-			}
-		}
-	}
-	problems = append(problems, modeProblems(c)...)
-	if cfg, err := runConfig(c, io); err != nil {
-		add("%v", err)
-	} else if _, err := engine.New(cfg); err != nil {
-		add("%v", err)
-	}
-	if err := engine.CheckKernel(); err != nil {
-		add("kernel: %v", err)
-	}
-	return slices.Compact(problems)
-}
-
-// modeProblems lists flags that have no effect in the chosen mode.
-func modeProblems(c *cli.Context) []string {
-	var problems []string
-	nat := c.String("nat")
-	share := nat == "share" || nat == "mixed"
-	switch nat {
-	case "own", "preserve", "share", "mixed":
-	default:
-		problems = append(problems, fmt.Sprintf("--nat %q: want own, preserve, share or mixed", nat))
-	}
-	for _, name := range []string{"pool", "port-block", "max-blocks-per-client", "port-hold", "hairpin", "nat-log"} {
-		if c.IsSet(name) && !share {
-			problems = append(problems, fmt.Sprintf("--%s has no effect with --nat %s (only with share or mixed)", name, nat))
-		}
-	}
-	if share && len(c.StringSlice("pool")) == 0 {
-		problems = append(problems, fmt.Sprintf("--nat %s needs --pool", nat))
-	}
-	if (nat == "preserve" || nat == "mixed") && len(c.StringSlice("server-iface")) == 0 {
-		problems = append(problems, fmt.Sprintf("--nat %s needs --server-iface", nat))
-	}
-	transparent := c.Bool("transparent")
-	if transparent && len(c.StringSlice("client-iface")) == 0 {
-		problems = append(problems, "--transparent needs at least one --client-iface")
-	}
-	for _, name := range []string{"max-transparent-ports", "mark", "route-table"} {
-		if c.IsSet(name) && !transparent && !(name != "max-transparent-ports" && (nat == "preserve" || nat == "mixed")) {
-			problems = append(problems, fmt.Sprintf("--%s has no effect without --transparent", name))
-		}
-	}
-	if c.IsSet("cookie-lifetime") && c.String("cookie-secret") == "" {
-		problems = append(problems, "--cookie-lifetime has no effect without --cookie-secret")
-	}
-	return problems
 }

@@ -1,10 +1,10 @@
-package main
+package daemon
 
 import (
 	"fmt"
 	"log/slog"
 
-	"github.com/coreos/go-systemd/v22/daemon"
+	sd "github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
 )
 
@@ -13,7 +13,7 @@ import (
 type notifier struct{ log *slog.Logger }
 
 func (n notifier) send(state string) {
-	if _, err := daemon.SdNotify(false, state); err != nil {
+	if _, err := sd.SdNotify(false, state); err != nil {
 		n.log.Warn("tell systemd", "state", state, "error", err.Error())
 	}
 }
