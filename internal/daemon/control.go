@@ -23,6 +23,7 @@ func (d *daemon) controlServer() *control.Server {
 	ctl.Register("daemon", func() any { return map[string]string{"version": d.opts.Version} })
 	ctl.Register("bpf", d.dp.status)
 	ctl.Register("nat", d.addr.stats)
+	ctl.SetHandover(d.handOver)
 	return ctl
 }
 

@@ -19,10 +19,12 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/convert-tc/converter/cookie"
 	"github.com/convert-tc/converter/engine"
+	"github.com/convert-tc/converter/internal/handover"
 	"github.com/convert-tc/converter/internal/mptcpevents"
 	"github.com/convert-tc/converter/internal/privdrop"
 	"github.com/convert-tc/converter/internal/tfowindow"
@@ -71,6 +73,13 @@ type daemon struct {
 	served  bool // Serve ran: it closed the listeners
 	rl      *reloader
 	events  *mptcpevents.Listener
+
+	// Upgrades: pred is the daemon this one took over from; handing is
+	// set while this one hands over, successor once it has.
+	pred        *predecessor
+	handing     atomic.Bool
+	successor   *handover.Conn
+	stopServing context.CancelFunc // a hand-over ends the serving as a stop signal does
 }
 
 // step is one stage of the start; undo (nil when nothing to undo) is run
@@ -87,6 +96,7 @@ func (d *daemon) steps() []step {
 	return []step{
 		{"validate", d.validate},
 		{"cookies", d.loadCookies},
+		{"takeover", d.takeOver},
 		{"dataplane", d.setupDataplane},
 		{"addressing", d.setupAddressing},
 		{"engine", d.newEngine},
@@ -129,7 +139,10 @@ func Run(ctx context.Context, cfg Config, opts Options) error {
 			undos = append(undos, undo)
 		}
 	}
-	return d.serve(ctx)
+	serveCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	d.stopServing = stop
+	return d.serve(serveCtx)
 }
 
 func (d *daemon) validate(context.Context) (func(), error) {
@@ -154,7 +167,11 @@ func (d *daemon) loadCookies(context.Context) (func(), error) {
 }
 
 func (d *daemon) setupDataplane(ctx context.Context) (func(), error) {
-	dp, err := setupDataplane(ctx, d.cfg, &d.ecfg, tfowindow.Decide(ctx, d.cfg.TFOWindowClamp), d.log)
+	var inherit *inheritance
+	if p := d.pred; p != nil {
+		inherit = &inheritance{bpf: p.bpf, earlyDemux: p.offer.State["early_demux"]}
+	}
+	dp, err := setupDataplane(ctx, d.cfg, &d.ecfg, tfowindow.Decide(ctx, d.cfg.TFOWindowClamp), inherit, d.log)
 	if err != nil {
 		return nil, err
 	}
@@ -255,6 +272,16 @@ func (d *daemon) startObservers(ctx context.Context) (func(), error) {
 		ctl := d.controlServer()
 		path := d.cfg.Control
 		g.run(func(ctx context.Context) {
+			if p := d.pred; p != nil {
+				// The path is the predecessor's until it stopped
+				// accepting: a failed hand-over leaves it its socket.
+				select {
+				case <-p.released:
+				case <-ctx.Done():
+					return
+				}
+				ctl.ReplaceLive()
+			}
 			if err := ctl.Serve(ctx, path); err != nil {
 				d.log.Error("control socket stopped", "path", path, "error", err.Error())
 			}
@@ -334,6 +361,7 @@ func (d *daemon) serve(ctx context.Context) error {
 			time.Sleep(time.Millisecond)
 		}
 		if ctx.Err() == nil && life.Err() == nil {
+			d.completeTakeOver()
 			d.notify.ready(fmt.Sprintf("serving on %d listener(s)", len(d.srv.Addrs())))
 		}
 	})

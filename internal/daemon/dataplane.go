@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"net"
 	"slices"
 	"strconv"
+	"syscall"
 
 	"github.com/convert-tc/converter/bpf"
 	"github.com/convert-tc/converter/engine"
@@ -29,13 +31,22 @@ type dataplane struct {
 	routing  *tproxy.Routing
 	pm       *mptcppm.Client
 	announce []mptcppm.Endpoint
+	// inherit is what a predecessor handed over (an upgrade), nil
+	// otherwise; released: a successor took the data plane over, close
+	// leaves it.
+	inherit  *inheritance
+	released bool
 }
+
+// handedOver leaves the routing and the endpoints to the successor; the
+// programs' links and maps live on in its hands.
+func (dp *dataplane) handedOver() { dp.released = true }
 
 // setupDataplane loads and attaches the BPF programs, installs the policy
 // routing and announces addresses, as cfg asks; ecfg learns where the
 // engine finds tokens and SYN+ACK options.
-func setupDataplane(ctx context.Context, cfg Config, ecfg *engine.Config, clamp tfowindow.Decision, log *slog.Logger) (*dataplane, error) {
-	dp := &dataplane{}
+func setupDataplane(ctx context.Context, cfg Config, ecfg *engine.Config, clamp tfowindow.Decision, inherit *inheritance, log *slog.Logger) (*dataplane, error) {
+	dp := &dataplane{inherit: inherit}
 	ok := false
 	defer func() {
 		if !ok {
@@ -85,7 +96,7 @@ func (dp *dataplane) steer(cfg Config, ecfg *engine.Config) error {
 	if err := bpf.Supported(); err != nil {
 		return fmt.Errorf("transparent mode: %w", err)
 	}
-	s, err := bpf.LoadSteering(bpf.SteeringConfig{Mark: cfg.Mark, Port: listenPort(ecfg.Listen), MaxTokens: maxTokens(*ecfg)})
+	s, err := bpf.LoadSteering(bpf.SteeringConfig{Mark: cfg.Mark, Port: listenPort(ecfg.Listen), MaxTokens: maxTokens(*ecfg), Inherit: dp.inherit.objects(progSteer, ifaces)})
 	if err != nil {
 		return fmt.Errorf("load steering program: %w", err)
 	}
@@ -101,6 +112,9 @@ func (dp *dataplane) steer(cfg Config, ecfg *engine.Config) error {
 	}
 	if dp.routing, err = tproxy.Install(cfg.Mark, cfg.RouteTable); err != nil {
 		return fmt.Errorf("policy routing: %w", err)
+	}
+	if dp.inherit != nil {
+		dp.routing.SetEarlyDemux(dp.inherit.earlyDemux)
 	}
 	if cfg.Transparent {
 		ecfg.Transparent = true
@@ -135,7 +149,14 @@ func (dp *dataplane) clampSynWindows(ctx context.Context, cfg Config, d tfowindo
 	if err := bpf.Supported(); err != nil {
 		return fail(err)
 	}
-	clamp, err := bpf.LoadSynWindowClamp()
+	names := cfg.ClientIfaces
+	if len(names) == 0 {
+		var err error
+		if names, err = upInterfaces(); err != nil {
+			return err
+		}
+	}
+	clamp, err := bpf.LoadSynWindowClamp(dp.inherit.objects(progSynwin, names)...)
 	if err != nil {
 		return fail(err)
 	}
@@ -150,12 +171,6 @@ func (dp *dataplane) clampSynWindows(ctx context.Context, cfg Config, d tfowindo
 		return fail(fmt.Errorf("check the clamp in a private namespace: %w", err))
 	}
 	dp.synwin = clamp
-	names := cfg.ClientIfaces
-	if len(names) == 0 {
-		if names, err = upInterfaces(); err != nil {
-			return err
-		}
-	}
 	for _, name := range names {
 		idx, err := ifindex(name)
 		if err != nil {
@@ -188,7 +203,7 @@ func (dp *dataplane) captureSynAcks(ifaces []string, ecfg *engine.Config) error 
 	if err := bpf.Supported(); err != nil {
 		return fmt.Errorf("SYN+ACK capture: %w", err)
 	}
-	capt, err := bpf.LoadSynAckCapture()
+	capt, err := bpf.LoadSynAckCapture(dp.inherit.objects(progSynack, ifaces)...)
 	if err != nil {
 		return fmt.Errorf("load SYN+ACK capture: %w", err)
 	}
@@ -214,7 +229,7 @@ func (dp *dataplane) announceAddrs(cfg Config, ecfg *engine.Config) error {
 	dp.pm = pm
 	for i, ap := range cfg.Announce {
 		e := mptcppm.Endpoint{ID: uint8(announceIDBase + i), Addr: ap, Flags: mptcppm.FlagSignal}
-		if err := pm.Add(e); err != nil {
+		if err := pm.Add(e); err != nil && !(dp.inherit != nil && (errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.EBUSY))) {
 			return err
 		}
 		dp.announce = append(dp.announce, e)
@@ -237,6 +252,9 @@ func (dp *dataplane) announceAddrs(cfg Config, ecfg *engine.Config) error {
 // close undoes everything; the tcx links would go with the process anyway,
 // the routing and the endpoints would not.
 func (dp *dataplane) close(log *slog.Logger) {
+	if dp.released {
+		dp.announce, dp.routing = nil, nil // the successor's now
+	}
 	for _, e := range dp.announce {
 		if err := dp.pm.Delete(e); err != nil {
 			log.Warn("remove announced endpoint", "error", err.Error())

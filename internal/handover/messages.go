@@ -24,7 +24,10 @@ type Offer struct {
 	Files   []File `json:"files"`
 	// State is what else the successor takes over (addressing, routing),
 	// as the daemon encodes it.
-	State map[string]any `json:"state,omitempty"`
+	State map[string]string `json:"state,omitempty"`
+	// Error, when set, is why the running daemon does not hand over; the
+	// offer then carries nothing.
+	Error string `json:"error,omitempty"`
 }
 
 // File describes one handed file descriptor.

@@ -93,6 +93,19 @@ func (r *Routing) installFamily(fam, loIndex int) error {
 	return nil
 }
 
+// EarlyDemux is the net.ipv4.tcp_early_demux value Remove restores ("":
+// none, Install found it off). A successor process takes it over on an
+// upgrade (SetEarlyDemux), as it takes over the rules.
+func (r *Routing) EarlyDemux() string { return r.earlyDemux }
+
+// SetEarlyDemux sets what Remove restores, when Install found the value a
+// predecessor had set.
+func (r *Routing) SetEarlyDemux(v string) {
+	if r.earlyDemux == "" {
+		r.earlyDemux = v
+	}
+}
+
 // Remove deletes what Install added; it reports the first failure but
 // tries everything.
 func (r *Routing) Remove() error {
