@@ -34,6 +34,21 @@ func dupFile(fd int, name string) (*os.File, error) {
 	return os.NewFile(uintptr(d), name), nil
 }
 
+// dupOf duplicates f's descriptor without os.File.Fd, which would put a
+// pollable file in blocking mode.
+func dupOf(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	d := -1
+	var dupErr error
+	if err := rc.Control(func(fd uintptr) { d, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	return d, dupErr
+}
+
 // handOver duplicates maps (by name) and the links of t.
 func handOver(maps map[string]*ebpf.Map, t *tcxLinks) ([]Object, error) {
 	var out []Object
@@ -85,7 +100,7 @@ func inheritMaps(spec *ebpf.CollectionSpec, in []Object, names ...string) (map[s
 		if !ok || !contains(names, o.Map) {
 			return fail(fmt.Errorf("inherited map %q: not a map this program shares", o.Map))
 		}
-		d, err := unix.FcntlInt(o.File.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		d, err := dupOf(o.File)
 		if err != nil {
 			return fail(fmt.Errorf("inherited map %q: %w", o.Map, err))
 		}
@@ -134,7 +149,7 @@ func (t *tcxLinks) adopt(in []Object) error {
 		if o.Map != "" {
 			continue
 		}
-		d, err := unix.FcntlInt(o.File.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		d, err := dupOf(o.File)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("inherited link on ifindex %d: %w", o.Ifindex, err))
 			continue

@@ -63,15 +63,45 @@ func (c *Conn) Send(msg any, files []*os.File) error {
 	}
 	for len(files) > 0 {
 		n := min(len(files), fdsPerBatch)
-		fds := make([]int, n)
-		for i, f := range files[:n] {
-			fds[i] = int(f.Fd())
-		}
-		// One byte carries each batch: rights travel with data.
-		if _, _, err := c.c.WriteMsgUnix([]byte{byte(n)}, unix.UnixRights(fds...), nil); err != nil {
-			return fmt.Errorf("hand-over: send %d file descriptors: %w", n, err)
+		if err := c.sendBatch(files[:n]); err != nil {
+			return err
 		}
 		files = files[n:]
+	}
+	return nil
+}
+
+// sendBatch sends up to fdsPerBatch files with one byte. It never calls
+// os.File.Fd: that puts the descriptor in blocking mode, and O_NONBLOCK
+// belongs to the open file, shared by every duplicate: a listening socket
+// would block the sender's own accept loop for good.
+func (c *Conn) sendBatch(files []*os.File) error {
+	fds := make([]int, 0, len(files))
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	for _, f := range files {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return fmt.Errorf("hand-over: %s: %w", f.Name(), err)
+		}
+		var dupErr error
+		err = rc.Control(func(fd uintptr) {
+			var d int
+			d, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+			if dupErr == nil {
+				fds = append(fds, d)
+			}
+		})
+		if err = errors.Join(err, dupErr); err != nil {
+			return fmt.Errorf("hand-over: %s: %w", f.Name(), err)
+		}
+	}
+	// One byte carries each batch: rights travel with data.
+	if _, _, err := c.c.WriteMsgUnix([]byte{byte(len(fds))}, unix.UnixRights(fds...), nil); err != nil {
+		return fmt.Errorf("hand-over: send %d file descriptors: %w", len(fds), err)
 	}
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // pair returns two connected ends of a unix stream socket.
@@ -93,5 +95,34 @@ func TestReceiveRefusesHugeMessage(t *testing.T) {
 	go a.c.Write([]byte{0x7f, 0xff, 0xff, 0xff})
 	if _, err := b.Receive(nil); err == nil {
 		t.Fatal("no error for a 2 GiB message")
+	}
+}
+
+// Sending a listening socket leaves it non-blocking: O_NONBLOCK belongs to
+// the open file that sender and receiver share, and a blocking listener
+// would hang the sender's accept loop.
+func TestSendKeepsNonBlocking(t *testing.T) {
+	a, b := pair(t)
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	go a.Send(Offer{}, []*os.File{f})
+	got, err := b.Receive(nil)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("received %d files, %v", len(got), err)
+	}
+	got[0].Close()
+	rc, _ := l.SyscallConn()
+	var flags int
+	rc.Control(func(fd uintptr) { flags, _ = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+	if flags&unix.O_NONBLOCK == 0 {
+		t.Fatal("the listener is in blocking mode after the hand-over")
 	}
 }

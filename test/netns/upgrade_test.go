@@ -44,6 +44,7 @@ func testUpgrade(t *testing.T, mode string) {
 	old := e.startConverter(args...)
 	serveDownloads(e.listen(e.serverNS(), "10.201.3.2:8000", false))
 	echo(e.listen(e.serverNS(), echoDest.String(), false))
+	waitControl(t, control)
 	var bpfBefore map[string]any
 	if mode == "transparent" {
 		bpfBefore = bpfStatusAt(t, control)
@@ -209,4 +210,21 @@ func linkIDs(st map[string]any) string {
 	}
 	sort.Strings(ids)
 	return strings.Join(ids, ",")
+}
+
+// waitControl waits until the daemon answers on its control socket, which
+// it opens right after its listeners.
+func waitControl(t *testing.T, control string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := exec.Command(converterBin, "status", "--control", control).Run()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer on %s: %v", control, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
