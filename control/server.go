@@ -50,6 +50,22 @@ type Server struct {
 	// replace: Serve takes the socket path over from a live daemon (its
 	// successor's hand-over) instead of refusing to start.
 	replace bool
+	// bound is the socket Bind created, for Serve.
+	bound     *net.UnixListener
+	boundPath string
+}
+
+// Bind creates the socket at path now, so that it answers as soon as the
+// caller announces itself; Serve(ctx, path) then serves on it.
+func (s *Server) Bind(path string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ln, err := listen(path, s.replace)
+	if err != nil {
+		return err
+	}
+	s.bound, s.boundPath = ln, path
+	return nil
 }
 
 // SetHandover installs what POST /handover runs once the connection is
@@ -242,10 +258,17 @@ func writeJSON(w http.ResponseWriter, v any) {
 func (s *Server) Serve(ctx context.Context, path string) error {
 	s.mu.Lock()
 	replace := s.replace
+	ln := s.bound
+	if s.boundPath != path {
+		ln = nil
+	}
+	s.bound = nil
 	s.mu.Unlock()
-	ln, err := listen(path, replace)
-	if err != nil {
-		return err
+	if ln == nil {
+		var err error
+		if ln, err = listen(path, replace); err != nil {
+			return err
+		}
 	}
 	// A successor may have replaced the file: remove only our own.
 	if own, err := os.Stat(path); err == nil {

@@ -271,6 +271,15 @@ func (d *daemon) startObservers(ctx context.Context) (func(), error) {
 	if d.cfg.Control != "" {
 		ctl := d.controlServer()
 		path := d.cfg.Control
+		if d.pred == nil {
+			// Up before the "listening" records: whoever waits for them
+			// may ask at once.
+			if err := ctl.Bind(path); err != nil {
+				g.stop()
+				events.Close()
+				return nil, err
+			}
+		}
 		g.run(func(ctx context.Context) {
 			if p := d.pred; p != nil {
 				// The path is the predecessor's until it stopped
