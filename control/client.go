@@ -57,6 +57,13 @@ func Reload(ctx context.Context, path string, v any) error {
 	return do(ctx, http.MethodPost, path, "/reload", v)
 }
 
+// Upgrade asks the daemon to start its binary again and hand over to it
+// (POST /upgrade), and decodes the outcome into v; a failed upgrade
+// answers 422 and returns an error too.
+func Upgrade(ctx context.Context, path string, v any) error {
+	return do(ctx, http.MethodPost, path, "/upgrade", v)
+}
+
 // get does one GET over the unix socket and decodes the JSON answer.
 func get(ctx context.Context, path, route string, v any) error {
 	return do(ctx, http.MethodGet, path, route, v)

@@ -7,6 +7,7 @@
 //	GET /ready           200 while the daemon takes new sessions, 503 otherwise
 //	POST /reload         reload the configuration and answer the outcome
 //	POST /handover       a successor takes over (101, then internal/handover)
+//	POST /upgrade        run the binary on disk again; it takes over
 //
 // Add ?refresh=0 to a sessions request to skip the socket reads. The
 // socket is mode 0600: only its owner (root) may use it.
@@ -47,6 +48,7 @@ type Server struct {
 	ready    func() (bool, string) // nil: always ready
 	reload   func(context.Context) (any, bool)
 	handover func(*net.UnixConn)
+	upgrade  func(context.Context) (any, bool)
 	// replace: Serve takes the socket path over from a live daemon (its
 	// successor's hand-over) instead of refusing to start.
 	replace bool
@@ -74,6 +76,30 @@ func (s *Server) SetHandover(fn func(*net.UnixConn)) {
 	s.mu.Lock()
 	s.handover = fn
 	s.mu.Unlock()
+}
+
+// SetUpgrade installs what POST /upgrade runs: the outcome to answer and
+// whether it succeeded (200, else 422).
+func (s *Server) SetUpgrade(fn func(context.Context) (any, bool)) {
+	s.mu.Lock()
+	s.upgrade = fn
+	s.mu.Unlock()
+}
+
+func (s *Server) upgradeHandler(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	fn := s.upgrade
+	s.mu.Unlock()
+	if fn == nil {
+		http.Error(w, "this daemon does not upgrade", http.StatusNotImplemented)
+		return
+	}
+	out, ok := fn(r.Context())
+	w.Header().Set("Content-Type", "application/json")
+	if !ok {
+		w.WriteHeader(http.StatusUnprocessableEntity)
+	}
+	json.NewEncoder(w).Encode(out)
 }
 
 // ReplaceLive makes Serve replace a socket a live daemon still serves on:
@@ -136,6 +162,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /ready", s.readyHandler)
 	mux.HandleFunc("POST /reload", s.reloadHandler)
 	mux.HandleFunc("POST /handover", s.handoverHandler)
+	mux.HandleFunc("POST /upgrade", s.upgradeHandler)
 	// Profiles, for operators chasing memory or CPU; the socket is root's.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)

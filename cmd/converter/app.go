@@ -84,6 +84,7 @@ func newApp(io stdio) *cli.App {
 			labCommand(io),
 			statusCommand(io),
 			reloadCommand(io),
+			upgradeCommand(io),
 			docsCommand(),
 		},
 	}

@@ -89,6 +89,7 @@ func runAction(c *cli.Context, io stdio) error {
 		Reevaluate: func(ctx context.Context) (daemon.Config, []string) {
 			return evaluate(ctx, args)
 		},
+		Args: args,
 	})
 	var ce *daemon.ConfigError
 	switch {

@@ -24,6 +24,10 @@ func (d *daemon) controlServer() *control.Server {
 	ctl.Register("bpf", d.dp.status)
 	ctl.Register("nat", d.addr.stats)
 	ctl.SetHandover(d.handOver)
+	ctl.SetUpgrade(func(ctx context.Context) (any, bool) {
+		o := d.upgrade(ctx)
+		return versionedUpgrade{Version: d.opts.Version, UpgradeOutcome: o}, o.OK
+	})
 	return ctl
 }
 
@@ -45,4 +49,11 @@ func runtimeStats() any {
 		"stack_inuse_bytes": ms.StackInuse,
 		"sys_bytes":         ms.Sys,
 	}
+}
+
+// versionedUpgrade is an upgrade's outcome as `converter upgrade --json`
+// prints it.
+type versionedUpgrade struct {
+	Version string `json:"version"`
+	UpgradeOutcome
 }

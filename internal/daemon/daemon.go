@@ -44,6 +44,10 @@ type Options struct {
 	// Config.Check finds. Nil reloads the running Config (the cookie
 	// secret file is read again).
 	Reevaluate func(ctx context.Context) (Config, []string)
+	// Args is the command line the daemon was started with (Args[0] the
+	// program): an upgrade (SIGUSR2, POST /upgrade) runs the binary on
+	// disk again with it.
+	Args []string
 }
 
 // ConfigError is a configuration Run refuses, as opposed to a failure of
@@ -80,6 +84,8 @@ type daemon struct {
 	handing     atomic.Bool
 	successor   *handover.Conn
 	stopServing context.CancelFunc // a hand-over ends the serving as a stop signal does
+	upgrades    upgrader
+	mainPIDSent atomic.Bool // systemd's main process is the successor now
 }
 
 // step is one stage of the start; undo (nil when nothing to undo) is run
@@ -168,10 +174,15 @@ func (d *daemon) loadCookies(context.Context) (func(), error) {
 
 func (d *daemon) setupDataplane(ctx context.Context) (func(), error) {
 	var inherit *inheritance
+	var clamp tfowindow.Decision
 	if p := d.pred; p != nil {
 		inherit = &inheritance{bpf: p.bpf, earlyDemux: p.offer.State["early_demux"]}
+		clamp, inherit.clampDecided = p.clampDecision(d.cfg.TFOWindowClamp)
 	}
-	dp, err := setupDataplane(ctx, d.cfg, &d.ecfg, tfowindow.Decide(ctx, d.cfg.TFOWindowClamp), inherit, d.log)
+	if inherit == nil || !inherit.clampDecided {
+		clamp = tfowindow.Decide(ctx, d.cfg.TFOWindowClamp)
+	}
+	dp, err := setupDataplane(ctx, d.cfg, &d.ecfg, clamp, inherit, d.log)
 	if err != nil {
 		return nil, err
 	}
@@ -239,6 +250,7 @@ func (d *daemon) handleReload(ctx context.Context) (func(), error) {
 	}
 	g := newGroup(ctx)
 	handleHUP(g, d.log, d.reload)
+	d.handleUpgradeSignal(g)
 	return g.stop, nil
 }
 
@@ -324,7 +336,10 @@ func (d *daemon) dropPrivileges(context.Context) (func(), error) {
 	}
 	keep := []int{privdrop.CapNetAdmin, privdrop.CapNetBindService}
 	if d.dp.loaded() {
-		keep = append(keep, privdrop.CapBPF)
+		// CAP_PERFMON too: the verifier refuses the programs' pointer
+		// arithmetic without it, and an upgrade's new process (which
+		// inherits only these) loads them again.
+		keep = append(keep, privdrop.CapBPF, privdrop.CapPerfmon)
 	}
 	err := privdrop.Drop(keep, d.cfg.User)
 	switch {
@@ -349,7 +364,9 @@ func (d *daemon) serve(ctx context.Context) error {
 	g.run(func(life context.Context) {
 		select {
 		case <-ctx.Done():
-			d.notify.stopping()
+			if !d.mainPIDSent.Load() { // else it is the successor's to say
+				d.notify.stopping()
+			}
 		case <-life.Done():
 		}
 	})

@@ -36,6 +36,9 @@ type dataplane struct {
 	// leaves it.
 	inherit  *inheritance
 	released bool
+	// clampReason is why the TFO window clamp is on or off, for a
+	// successor.
+	clampReason string
 }
 
 // handedOver leaves the routing and the endpoints to the successor; the
@@ -130,6 +133,7 @@ func (dp *dataplane) steer(cfg Config, ecfg *engine.Config) error {
 // none is named. Where the program cannot load, auto mode logs the
 // fault and goes on; "on" refuses to start.
 func (dp *dataplane) clampSynWindows(ctx context.Context, cfg Config, d tfowindow.Decision, log *slog.Logger) error {
+	dp.clampReason = d.Reason
 	attrs := []any{"mode", string(cfg.TFOWindowClamp), "reason", d.Reason}
 	if v := d.Verdict; v != nil {
 		attrs = append(attrs, "probe_sent_with_syn_data", v.SentWithSYNData, "probe_sent_without", v.SentWithout)
@@ -160,15 +164,18 @@ func (dp *dataplane) clampSynWindows(ctx context.Context, cfg Config, d tfowindo
 	if err != nil {
 		return fail(err)
 	}
-	v, err := tfowindow.Verify(ctx, func(lo int) (func(), error) {
-		if err := clamp.Attach(lo); err != nil {
-			return nil, err
+	var v tfowindow.Verdict
+	if dp.inherit == nil || !dp.inherit.clampDecided {
+		v, err = tfowindow.Verify(ctx, func(lo int) (func(), error) {
+			if err := clamp.Attach(lo); err != nil {
+				return nil, err
+			}
+			return func() { clamp.Detach(lo) }, nil
+		})
+		if err != nil {
+			clamp.Close()
+			return fail(fmt.Errorf("check the clamp in a private namespace: %w", err))
 		}
-		return func() { clamp.Detach(lo) }, nil
-	})
-	if err != nil {
-		clamp.Close()
-		return fail(fmt.Errorf("check the clamp in a private namespace: %w", err))
 	}
 	dp.synwin = clamp
 	for _, name := range names {

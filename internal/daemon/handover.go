@@ -16,6 +16,7 @@ import (
 	"github.com/convert-tc/converter/control"
 	"github.com/convert-tc/converter/engine"
 	"github.com/convert-tc/converter/internal/handover"
+	"github.com/convert-tc/converter/internal/tfowindow"
 )
 
 // Programs' names in a hand-over.
@@ -161,6 +162,20 @@ func (d *daemon) completeTakeOver() {
 type inheritance struct {
 	bpf        map[string][]bpf.Object // by program
 	earlyDemux string                  // what the predecessor's routing restores
+	// clampDecided: the TFO window clamp decision is the predecessor's
+	// (same kernel, same mode), its probe and check are not run again:
+	// they need CAP_SYS_ADMIN, which a re-executed daemon no longer has.
+	clampDecided bool
+}
+
+// clampDecision takes the predecessor's TFO window clamp decision when it
+// ran in the same mode.
+func (p *predecessor) clampDecision(mode tfowindow.Mode) (tfowindow.Decision, bool) {
+	st := p.offer.State
+	if st["tfo_clamp_mode"] != string(mode) || (st["tfo_clamp"] != "on" && st["tfo_clamp"] != "off") {
+		return tfowindow.Decision{}, false
+	}
+	return tfowindow.Decision{On: st["tfo_clamp"] == "on", Reason: "as the predecessor found: " + st["tfo_clamp_reason"]}, true
 }
 
 // objects keeps the maps, and the links on the interfaces named, of a
@@ -236,10 +251,16 @@ func (d *daemon) handOver(uc *net.UnixConn) {
 	d.srv.HandedOver()
 	d.dp.handedOver()
 	sessions := d.srv.Stats().Active
+	if d.upgrades.reexecuting(ready.PID) {
+		// Our own re-execution, in our cgroup: systemd follows it.
+		d.mainPIDSent.Store(true)
+		d.notify.send(fmt.Sprintf("MAINPID=%d\nSTATUS=handed over to pid %d", ready.PID, ready.PID))
+	}
 	conn.SetDeadline(time.Time{})
 	conn.Send(handover.Released{Sessions: sessions}, nil)
 	d.successor = conn // closed by the exit: the successor's cue
 	d.log.Info("handed over", "to_pid", ready.PID, "sessions", sessions)
+	d.upgrades.handedOver(ready.PID)
 	d.stopServing()
 }
 
@@ -291,6 +312,9 @@ func (d *daemon) offer() (handover.Offer, []*os.File, error) {
 	if d.dp.routing != nil {
 		o.State["early_demux"] = d.dp.routing.EarlyDemux()
 	}
+	o.State["tfo_clamp_mode"] = string(d.cfg.TFOWindowClamp)
+	o.State["tfo_clamp"] = map[bool]string{true: "on", false: "off"}[d.dp.synwin != nil]
+	o.State["tfo_clamp_reason"] = d.dp.clampReason
 	return o, files, nil
 }
 

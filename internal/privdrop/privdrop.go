@@ -24,13 +24,14 @@ const (
 	CapNetAdmin       = 12
 	CapNetRaw         = 13
 	CapSetpcap        = 8
+	CapPerfmon        = 38
 	CapBPF            = 39
 )
 
 // capNames names the capabilities the daemon may keep, for messages.
 var capNames = map[int]string{
 	CapNetBindService: "CAP_NET_BIND_SERVICE", CapNetAdmin: "CAP_NET_ADMIN",
-	CapNetRaw: "CAP_NET_RAW", CapBPF: "CAP_BPF", CapSetpcap: "CAP_SETPCAP",
+	CapNetRaw: "CAP_NET_RAW", CapBPF: "CAP_BPF", CapSetpcap: "CAP_SETPCAP", CapPerfmon: "CAP_PERFMON",
 }
 
 // ErrCgo is returned where the binary was built with cgo: Go cannot then
@@ -97,12 +98,21 @@ func Drop(keep []int, userName string) error {
 	for c := range kept {
 		data[c/32].Effective |= 1 << (c % 32)
 		data[c/32].Permitted |= 1 << (c % 32)
+		data[c/32].Inheritable |= 1 << (c % 32)
 	}
 	if err := allThreads(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); err != nil {
 		return fmt.Errorf("capset: %w", err)
 	}
 	if err := allThreads(unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("clear the ambient set: %w", err)
+	}
+	// The kept capabilities, and only they, stay ambient: the daemon's
+	// one exec is its own new binary on an upgrade, which needs them as
+	// any user.
+	for c := range kept {
+		if err := allThreads(unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uintptr(c)); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("keep capability %d ambient: %w", c, err)
+		}
 	}
 	if err := allThreads(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)

@@ -535,35 +535,7 @@ func waitExit(t *testing.T, p *converterProc, limit time.Duration) time.Duration
 func TestSystemdNotify(t *testing.T) {
 	e := newEnv(t)
 	dir := t.TempDir()
-	sockPath := filepath.Join(dir, "notify.sock")
-	ns, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	msgs := make(chan string, 16)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, _, err := ns.ReadFromUnix(buf)
-			if err != nil {
-				return
-			}
-			msgs <- string(buf[:n])
-		}
-	}()
-	next := func(want string) {
-		t.Helper()
-		select {
-		case m := <-msgs:
-			if !strings.Contains(m, want) {
-				t.Fatalf("notify message %q, want %s", m, want)
-			}
-			t.Logf("notify: %q", m)
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no notify message, want %s", want)
-		}
-	}
+	sockPath, next := fakeNotifySocket(t, dir)
 	control := filepath.Join(dir, "control.sock")
 	conv := e.startConverterEnv([]string{"NOTIFY_SOCKET=" + sockPath}, "--control", control, "--drain-timeout", "20s")
 	next("READY=1")
@@ -595,4 +567,39 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	c.Close()
 	waitExit(t, conv, 10*time.Second)
+}
+
+// fakeNotifySocket stands in for systemd's NOTIFY_SOCKET; next waits for
+// the next message and fails the test unless it contains want.
+func fakeNotifySocket(t *testing.T, dir string) (string, func(want string)) {
+	t.Helper()
+	sockPath := filepath.Join(dir, "notify.sock")
+	ns, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	msgs := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, _, err := ns.ReadFromUnix(buf)
+			if err != nil {
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	return sockPath, func(want string) {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			if !strings.Contains(m, want) {
+				t.Fatalf("notify message %q, want %s", m, want)
+			}
+			t.Logf("notify: %q", m)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no notify message, want %s", want)
+		}
+	}
 }

@@ -1,10 +1,12 @@
 package netns
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -81,35 +83,7 @@ func testUpgrade(t *testing.T, mode string) {
 	}
 
 	// 200 connections per second, from before the hand-over to after it.
-	var mu sync.Mutex
-	failures := map[string]int{}
-	opened := 0
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				kind := echoOnce(e, via, echoDest, i)
-				mu.Lock()
-				opened++
-				if kind != "" {
-					failures[kind]++
-				}
-				mu.Unlock()
-			}()
-		}
-	}()
+	load := startLoad(e, via, echoDest)
 	time.Sleep(time.Second)
 
 	start := time.Now()
@@ -123,8 +97,7 @@ func testUpgrade(t *testing.T, mode string) {
 	t.Logf("hand-over: new process listening %v after its start; took over: %v; old: %v", ready.Round(time.Millisecond), took[0], handed[0])
 
 	time.Sleep(1500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	opened, failures := load()
 
 	for _, d := range downloads {
 		r := <-d.res
@@ -135,22 +108,7 @@ func testUpgrade(t *testing.T, mode string) {
 	waitExit(t, old, 30*time.Second)
 	t.Logf("old process gone %v after the new one started (its downloads ended first)", time.Since(start).Round(time.Millisecond))
 
-	mu.Lock()
-	var kinds []string
-	lost := 0
-	for k, n := range failures {
-		kinds = append(kinds, fmt.Sprintf("%s=%d", k, n))
-		lost += n
-	}
-	sort.Strings(kinds)
-	t.Logf("%d connections across the hand-over, %d failed %v", opened, lost, kinds)
-	mu.Unlock()
-	if lost != 0 {
-		t.Errorf("%d of %d connections refused, reset or unconverted across the hand-over: %v", lost, opened, kinds)
-	}
-	if opened < 400 {
-		t.Errorf("only %d connections opened: the load did not cover the hand-over", opened)
-	}
+	checkLoad(t, opened, failures)
 	// The new process serves alone now, on the same control socket.
 	if kind := echoOnce(e, via, echoDest, -1); kind != "" {
 		t.Errorf("a connection after the old process left: %s", kind)
@@ -227,4 +185,169 @@ func waitControl(t *testing.T, control string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// startLoad opens a converted connection every 5 ms (200 per second) until
+// the returned function is called; that returns how many were opened and
+// the failures by kind.
+func startLoad(e *env, via, dest netip.AddrPort) func() (int, map[string]int) {
+	var mu sync.Mutex
+	failures := map[string]int{}
+	opened := 0
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				kind := echoOnce(e, via, dest, i)
+				mu.Lock()
+				opened++
+				if kind != "" {
+					failures[kind]++
+				}
+				mu.Unlock()
+			}()
+		}
+	}()
+	return func() (int, map[string]int) {
+		close(stop)
+		wg.Wait()
+		return opened, failures
+	}
+}
+
+// checkLoad fails the test for any connection that was refused, reset or
+// left unconverted, and for a load too short to span a hand-over.
+func checkLoad(t *testing.T, opened int, failures map[string]int) {
+	t.Helper()
+	var kinds []string
+	lost := 0
+	for k, n := range failures {
+		kinds = append(kinds, fmt.Sprintf("%s=%d", k, n))
+		lost += n
+	}
+	sort.Strings(kinds)
+	t.Logf("%d connections across the hand-over, %d failed %v", opened, lost, kinds)
+	if lost != 0 {
+		t.Errorf("%d of %d connections refused, reset or unconverted across the hand-over: %v", lost, opened, kinds)
+	}
+	if opened < 400 {
+		t.Errorf("only %d connections opened: the load did not cover the hand-over", opened)
+	}
+}
+
+// TestUpgradeReexec: `converter upgrade` (SIGUSR2) under systemd
+// semantics. The daemon runs its binary again; the new process takes over
+// and becomes the unit's main process (MAINPID from the old one, then
+// READY=1 from the new one); the old one drains its download and exits.
+// No connection of a 200 per second load is refused, reset or left
+// unconverted.
+func TestUpgradeReexec(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	notifyPath, next := fakeNotifySocket(t, dir)
+	control := filepath.Join(dir, "control.sock")
+	old := e.startConverterEnv([]string{"NOTIFY_SOCKET=" + notifyPath}, "--control", control, "--drain-timeout", "60s", "--rate-per-client", "0")
+	next("READY=1")
+	serveDownloads(e.listen(e.serverNS(), "10.201.3.2:8000", false))
+	echoDest := netip.MustParseAddrPort("10.201.3.2:8077")
+	echo(e.listen(e.serverNS(), echoDest.String(), false))
+
+	c, err := e.convert(client.Options{Via: e.via4(), Dest: netip.MustParseAddrPort("10.201.3.2:8000"), MPTCP: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitSubflows(t, c.TCPConn, 2)
+	const size = 48 << 20
+	fmt.Fprintf(c, "%d %d\n", 91, size)
+	got := make(chan result, 1)
+	go func() {
+		c.SetReadBuffer(256 << 10)
+		sum, n, err := digest(&slowReader{r: c, every: 2 << 20, pause: 100 * time.Millisecond})
+		c.Close()
+		got <- result{gotDigest: sum, got: n, err: err}
+	}()
+
+	load := startLoad(e, e.via4(), echoDest)
+	time.Sleep(time.Second)
+	out, err := exec.Command(converterBin, "upgrade", "--json", "--control", control).Output()
+	if err != nil {
+		t.Fatalf("converter upgrade: %v\n%s\nlog:\n%s", err, out, old.rawLog())
+	}
+	var o struct {
+		Version string `json:"version"`
+		OK      bool   `json:"ok"`
+		PID     int    `json:"pid"`
+		TookMS  int64  `json:"took_ms"`
+	}
+	if err := json.Unmarshal(out, &o); err != nil || !o.OK || o.PID == 0 || o.Version == "" {
+		t.Fatalf("converter upgrade --json: %s (%v)", out, err)
+	}
+	t.Cleanup(func() { stopPID(t, o.PID) })
+	t.Logf("converter upgrade: %s", strings.TrimSpace(string(out)))
+	next(fmt.Sprintf("MAINPID=%d", o.PID))
+	next("READY=1")
+	time.Sleep(1500 * time.Millisecond)
+	opened, failures := load()
+	checkLoad(t, opened, failures)
+
+	r := <-got
+	if r.err != nil || r.got != size || r.gotDigest != streamDigest(91, size) {
+		t.Errorf("download on the old process across the upgrade: %d of %d bytes, %v", r.got, size, r.err)
+	}
+	oldPID := old.cmd.Process.Pid
+	deadline := time.Now().Add(30 * time.Second)
+	for processAlive(oldPID) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the old process %d did not exit after its drain", oldPID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !processAlive(o.PID) {
+		t.Fatalf("the new process %d is gone", o.PID)
+	}
+	if kind := echoOnce(e, e.via4(), echoDest, -1); kind != "" {
+		t.Errorf("a connection once the old process left: %s", kind)
+	}
+	if out, err := exec.Command(converterBin, "status", "--control", control).CombinedOutput(); err != nil {
+		t.Errorf("status after the upgrade: %v\n%s", err, out)
+	}
+}
+
+// processAlive reports whether pid runs (a zombie has ended).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
+
+// stopPID stops a daemon the test did not start itself (an upgrade's new
+// process): SIGTERM twice, then SIGKILL.
+func stopPID(t *testing.T, pid int) {
+	for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGTERM, syscall.SIGKILL} {
+		syscall.Kill(pid, sig)
+		deadline := time.Now().Add(time.Duration(3*(i+1)) * time.Second)
+		for processAlive(pid) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if !processAlive(pid) {
+			return
+		}
+	}
+	t.Errorf("process %d did not stop", pid)
 }
