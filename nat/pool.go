@@ -188,6 +188,13 @@ type Pool struct {
 
 	used, held int
 	st         Stats
+
+	// An upgrade (handover.go): reserve, while set, holds the only block
+	// indices this pool may still assign, per address; quiet, once the
+	// successor owns the blocks, stops the release lines of the blocks
+	// it took (it logs them).
+	reserve map[*extAddr][]uint16
+	quiet   bool
 }
 
 type clientKey struct {
@@ -229,6 +236,8 @@ type block struct {
 	holdAt   []int64
 	holdHead int
 	holdN    int
+
+	late bool // assigned from the hand-over reserve: released and logged here
 }
 
 type drainEntry struct {
@@ -393,7 +402,7 @@ func (p *Pool) Allocate(clientAddr netip.Addr, fam Family) (Mapping, error) {
 		if len(c.blocks) >= p.maxBlocks {
 			return Mapping{}, p.refuse(ErrClientLimit)
 		}
-		if c.ext.used >= p.nBlocks {
+		if _, ok := p.nextIdx(c.ext); !ok {
 			return Mapping{}, p.refuse(ErrAddressFull)
 		}
 		if err := p.logAlloc(c.ext, clientAddr, now); err != nil {
@@ -409,7 +418,7 @@ func (p *Pool) Allocate(clientAddr netip.Addr, fam Family) (Mapping, error) {
 		return Mapping{}, ErrNoFamily
 	}
 	ext := (*h)[0]
-	if ext.used >= p.nBlocks {
+	if _, ok := p.nextIdx(ext); !ok {
 		return Mapping{}, p.refuse(ErrPoolFull)
 	}
 	if err := p.logAlloc(ext, clientAddr, now); err != nil {
@@ -444,10 +453,7 @@ func (p *Pool) refuse(err error) error {
 // on ext, before anything changes: an allocation the log cannot take is
 // refused (RFC 6888 REQ-12), never made unlogged.
 func (p *Pool) logAlloc(ext *extAddr, client netip.Addr, now int64) error {
-	idx := uint16(ext.nextFresh)
-	if n := len(ext.freeIdx); n > 0 {
-		idx = ext.freeIdx[n-1]
-	}
+	idx, _ := p.nextIdx(ext)
 	first := p.portMin + idx*p.blockSize
 	return p.log.logBlock(p.epoch.Add(time.Duration(now)), EventAlloc, client, ext.ip, first, first+p.blockSize-1)
 }
@@ -463,12 +469,15 @@ func (p *Pool) mapped(c *client, b *block, port uint16) Mapping {
 // logged it.
 func (p *Pool) assignBlock(c *client, now int64) *block {
 	ext := c.ext
-	var idx uint16
-	if n := len(ext.freeIdx); n > 0 {
-		idx = ext.freeIdx[n-1]
-		ext.freeIdx = ext.freeIdx[:n-1]
-	} else {
-		idx = uint16(ext.nextFresh)
+	idx, _ := p.nextIdx(ext)
+	late := false
+	switch r := p.reserve[ext]; {
+	case p.reserve != nil:
+		p.reserve[ext] = r[:len(r)-1]
+		late = true
+	case len(ext.freeIdx) > 0:
+		ext.freeIdx = ext.freeIdx[:len(ext.freeIdx)-1]
+	default:
 		ext.nextFresh++
 	}
 	if ext.blocks == nil {
@@ -495,6 +504,7 @@ func (p *Pool) assignBlock(c *client, now int64) *block {
 	clear(b.inUse)
 	b.holdHead, b.holdN, b.live = 0, 0, 0
 	b.owner = c
+	b.late = late
 	b.epoch++
 	c.blocks = append(c.blocks, b)
 	ext.used++
@@ -629,7 +639,7 @@ func (p *Pool) sweep(now int64) {
 // cannot take the line.
 func (p *Pool) freeBlock(b *block, now int64) bool {
 	c, ext := b.owner, b.ext
-	if p.log.logBlock(p.epoch.Add(time.Duration(now)), EventRelease, c.key.addr, ext.ip, b.first, b.first+p.blockSize-1) != nil {
+	if (!p.quiet || b.late) && p.log.logBlock(p.epoch.Add(time.Duration(now)), EventRelease, c.key.addr, ext.ip, b.first, b.first+p.blockSize-1) != nil {
 		return false
 	}
 	p.held -= b.holdN

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,6 +20,8 @@ type addressing struct {
 	pool   *nat.Pool
 	log    *nat.MappingLog
 	routes *tproxy.LocalPrefixes
+	// released: a successor took the addressing over (handedOver).
+	released atomic.Bool
 }
 
 // setupAddressing builds the shared pool when the NAT mode shares one and
@@ -97,8 +100,12 @@ func (a *addressing) maintain(g *group, log *slog.Logger) {
 	})
 }
 
+// handedOver leaves the pool's local routes to the successor, which uses
+// the same addresses.
+func (a *addressing) handedOver() { a.released.Store(true) }
+
 func (a *addressing) close(log *slog.Logger) {
-	if a.routes != nil {
+	if a.routes != nil && !a.released.Load() {
 		if err := a.routes.Remove(); err != nil {
 			log.Warn("remove pool routes", "error", err.Error())
 		}

@@ -200,6 +200,11 @@ func (d *daemon) setupAddressing(ctx context.Context) (func(), error) {
 	// context is not the stop signal's.
 	g := newGroup(ctx)
 	addr.maintain(g, d.log)
+	if err := d.adoptPool(g); err != nil {
+		g.stop()
+		addr.close(d.log)
+		return nil, err
+	}
 	return func() {
 		g.stop()
 		addr.close(d.log)

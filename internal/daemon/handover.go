@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/convert-tc/converter/engine"
 	"github.com/convert-tc/converter/internal/handover"
 	"github.com/convert-tc/converter/internal/tfowindow"
+	"github.com/convert-tc/converter/nat"
 )
 
 // Programs' names in a hand-over.
@@ -25,6 +27,36 @@ const (
 	progSteer  = "steer"
 	progSynack = "synack"
 )
+
+// natReserve is how many free port blocks per pool address a daemon that
+// hands over keeps for the sessions it accepts until it stops accepting.
+const natReserve = 16
+
+// adoptPool takes the predecessor's port blocks into the new pool; the
+// ports it holds go on hold once it is gone.
+func (d *daemon) adoptPool(g *group) error {
+	p := d.pred
+	if p == nil || d.addr.pool == nil || p.offer.State["nat_blocks"] == "" {
+		return nil
+	}
+	var blocks []nat.HandedBlock
+	if err := json.Unmarshal([]byte(p.offer.State["nat_blocks"]), &blocks); err != nil {
+		return fmt.Errorf("take over the address pool: %w", err)
+	}
+	release, err := d.addr.pool.Adopt(blocks)
+	if err != nil {
+		return fmt.Errorf("take over the address pool: %w", err)
+	}
+	d.log.Info("address pool taken over", "blocks", len(blocks))
+	g.run(func(ctx context.Context) {
+		select {
+		case <-p.gone:
+			release()
+		case <-ctx.Done():
+		}
+	})
+	return nil
+}
 
 // handOverTimeout bounds each wait of a hand-over: the successor's start
 // (a probe, BPF loads) and the predecessor's answer.
@@ -209,10 +241,6 @@ func (d *daemon) handOver(uc *net.UnixConn) {
 		conn.Send(handover.Offer{PID: os.Getpid(), Version: d.opts.Version, Error: why}, nil)
 		conn.Close()
 	}
-	if d.cfg.NAT.shares() {
-		refuse(fmt.Sprintf("--nat %s: the shared pool's port blocks cannot be handed over; drain and restart instead", d.cfg.NAT))
-		return
-	}
 	if ok, state := d.srv.Readiness(); !ok {
 		refuse("this converter is " + state)
 		return
@@ -240,6 +268,13 @@ func (d *daemon) handOver(uc *net.UnixConn) {
 	if err == nil && !ready.OK {
 		err = errors.New(ready.Error)
 	}
+	if pool := d.addr.pool; pool != nil {
+		if err != nil {
+			pool.CancelHandOver()
+		} else {
+			pool.HandedOver()
+		}
+	}
 	if err != nil {
 		d.handing.Store(false)
 		conn.Close()
@@ -250,6 +285,7 @@ func (d *daemon) handOver(uc *net.UnixConn) {
 	// programs: stop accepting, keep what it uses, drain.
 	d.srv.HandedOver()
 	d.dp.handedOver()
+	d.addr.handedOver()
 	sessions := d.srv.Stats().Active
 	if d.upgrades.reexecuting(ready.PID) {
 		// Our own re-execution, in our cgroup: systemd follows it.
@@ -311,6 +347,17 @@ func (d *daemon) offer() (handover.Offer, []*os.File, error) {
 	}
 	if d.dp.routing != nil {
 		o.State["early_demux"] = d.dp.routing.EarlyDemux()
+	}
+	if pool := d.addr.pool; pool != nil {
+		// The successor takes the blocks in use (clients keep their
+		// address); a few stay in reserve for the sessions this daemon
+		// accepts until it stops.
+		b, err := json.Marshal(pool.PrepareHandOver(natReserve))
+		if err != nil {
+			pool.CancelHandOver()
+			return fail(err)
+		}
+		o.State["nat_blocks"] = string(b)
 	}
 	o.State["tfo_clamp_mode"] = string(d.cfg.TFOWindowClamp)
 	o.State["tfo_clamp"] = map[bool]string{true: "on", false: "off"}[d.dp.synwin != nil]

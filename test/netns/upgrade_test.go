@@ -28,7 +28,7 @@ import (
 // none may be refused, reset or left unconverted. Long downloads running
 // on the old process (MPTCP, SYN data, a second subflow) finish intact.
 func TestUpgrade(t *testing.T) {
-	for _, mode := range []string{"explicit", "transparent"} {
+	for _, mode := range []string{"explicit", "transparent", "share"} {
 		t.Run(mode, func(t *testing.T) { testUpgrade(t, mode) })
 	}
 }
@@ -42,6 +42,10 @@ func testUpgrade(t *testing.T, mode string) {
 	if mode == "transparent" {
 		args = append(args, "--transparent", "--client-iface", lab.IfConvPath1, "--client-iface", lab.IfConvPath2, "--server-iface", lab.IfConvServer)
 		via = echoDest // steered: the client addresses the server itself
+	}
+	natLog := filepath.Join(t.TempDir(), "nat.log")
+	if mode == "share" {
+		args = append(args, "--nat", "share", "--pool", "10.201.100.0/28", "--nat-log", natLog)
 	}
 	old := e.startConverter(args...)
 	serveDownloads(e.listen(e.serverNS(), "10.201.3.2:8000", false))
@@ -109,6 +113,9 @@ func testUpgrade(t *testing.T, mode string) {
 	t.Logf("old process gone %v after the new one started (its downloads ended first)", time.Since(start).Round(time.Millisecond))
 
 	checkLoad(t, opened, failures)
+	if mode == "share" {
+		checkBlocksOnce(t, natLog)
+	}
 	// The new process serves alone now, on the same control socket.
 	if kind := echoOnce(e, via, echoDest, -1); kind != "" {
 		t.Errorf("a connection after the old process left: %s", kind)
@@ -350,4 +357,34 @@ func stopPID(t *testing.T, pid int) {
 		}
 	}
 	t.Errorf("process %d did not stop", pid)
+}
+
+// checkBlocksOnce reads a mapping log written by both processes of a
+// hand-over: no port block may be allocated twice (the hold of every port
+// outlasts the test, so no block is released in between).
+func checkBlocksOnce(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	lines := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil || rec["event"] != "alloc" {
+			continue
+		}
+		lines++
+		seen[fmt.Sprint(rec["external"], " ", rec["ports"])]++
+	}
+	for k, n := range seen {
+		if n > 1 {
+			t.Errorf("port block %s allocated %d times across the hand-over", k, n)
+		}
+	}
+	t.Logf("mapping log: %d block allocations, none twice", lines)
+	if lines == 0 {
+		t.Errorf("no allocation in the mapping log:\n%s", b)
+	}
 }
