@@ -51,6 +51,33 @@ func FetchReady(ctx context.Context, path string) (Readiness, error) {
 	return r, err
 }
 
+// FetchMetrics reads GET /metrics: the Prometheus text exposition
+// format, as a scraper gets it.
+func FetchMetrics(ctx context.Context, path string) ([]byte, error) {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://converter/metrics", nil)
+	if err != nil {
+		return nil, fmt.Errorf("control request /metrics: %w", err)
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("control request /metrics on %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("control request /metrics on %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("control request /metrics on %s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
+
 // Reload asks the daemon to reload (POST /reload) and decodes its outcome
 // into v; a refused reload answers 422 and returns an error too.
 func Reload(ctx context.Context, path string, v any) error {

@@ -3,7 +3,9 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -178,5 +180,33 @@ func TestListenStaleAndLive(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(file); string(b) != "keep" {
 		t.Error("regular file changed")
+	}
+}
+
+func TestServeMetrics(t *testing.T) {
+	tb := session.NewTable(0)
+	var srv *Server
+	path, _ := serve(t, tb, func(s *Server) { srv = s })
+	ctx := t.Context()
+	if _, err := FetchMetrics(ctx, path); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Errorf("GET /metrics before SetMetrics: %v, want a 503", err)
+	}
+	srv.SetMetrics(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, "converter_control_socket_clients %d\n", srv.Clients())
+	}))
+	body, err := FetchMetrics(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The request's own connection is open while it is served.
+	if string(body) != "converter_control_socket_clients 1\n" {
+		t.Errorf("GET /metrics: %q", body)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Clients() != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := srv.Clients(); n != 0 {
+		t.Errorf("%d clients after the requests closed", n)
 	}
 }

@@ -4,6 +4,7 @@
 //	GET /sessions        the table ({"sessions":[...]}), refreshed from the sockets
 //	GET /sessions/{id}   one session
 //	GET /stats           every registered counter source, by name
+//	GET /metrics         the Prometheus metrics (text exposition format)
 //	GET /ready           200 while the daemon takes new sessions, 503 otherwise
 //	POST /reload         reload the configuration and answer the outcome
 //	POST /handover       a successor takes over (101, then internal/handover)
@@ -27,6 +28,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/convert-tc/converter/session"
@@ -49,6 +51,9 @@ type Server struct {
 	reload   func(context.Context) (any, bool)
 	handover func(*net.UnixConn)
 	upgrade  func(context.Context) (any, bool)
+	metrics  http.Handler
+	// clients counts the connections open to the socket.
+	clients atomic.Int64
 	// replace: Serve takes the socket path over from a live daemon (its
 	// successor's hand-over) instead of refusing to start.
 	replace bool
@@ -100,6 +105,39 @@ func (s *Server) upgradeHandler(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnprocessableEntity)
 	}
 	json.NewEncoder(w).Encode(out)
+}
+
+// SetMetrics installs what GET /metrics serves (the daemon's Prometheus
+// handler); until then it answers 503.
+func (s *Server) SetMetrics(h http.Handler) {
+	s.mu.Lock()
+	s.metrics = h
+	s.mu.Unlock()
+}
+
+func (s *Server) metricsHandler(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	h := s.metrics
+	s.mu.Unlock()
+	if h == nil {
+		http.Error(w, "metrics are not set up yet", http.StatusServiceUnavailable)
+		return
+	}
+	h.ServeHTTP(w, r)
+}
+
+// Clients returns how many connections are open to the socket.
+func (s *Server) Clients() int { return int(s.clients.Load()) }
+
+// trackConn counts the connections open to the socket; a hijacked one
+// (a hand-over) is no longer the HTTP server's.
+func (s *Server) trackConn(_ net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateNew:
+		s.clients.Add(1)
+	case http.StateClosed, http.StateHijacked:
+		s.clients.Add(-1)
+	}
 }
 
 // ReplaceLive makes Serve replace a socket a live daemon still serves on:
@@ -157,6 +195,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /sessions", s.sessions)
 	mux.HandleFunc("GET /sessions/{id}", s.session)
 	mux.HandleFunc("GET /stats", s.statsHandler)
+	mux.HandleFunc("GET /metrics", s.metricsHandler)
 	// For health checks (load balancers, BGP speakers, systemd): 200 when
 	// new sessions are taken, 503 otherwise.
 	mux.HandleFunc("GET /ready", s.readyHandler)
@@ -309,6 +348,7 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ConnState:         s.trackConn,
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -164,3 +164,11 @@ func (t *clientTable) counts(k netip.Prefix) (pending, sessions int) {
 	}
 	return 0, 0
 }
+
+// pendingHandshakes returns the sessions of every client that have not
+// reached the relay yet.
+func (t *clientTable) pendingHandshakes() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.handshakes
+}

@@ -41,8 +41,13 @@ func (s *session) copyServerToClient() {
 // through a pooled buffer, because splice to and from MPTCP sockets is
 // slow and stalls on Linux (measured: a 64 MiB download took 30 s).
 func (s *session) pump(dst, src *net.TCPConn, from sessions.Side) {
-	// Per chunk: two atomic updates on the entry, no lock.
-	moved := func(n int64) { s.entry.Count(from, n) }
+	// Per chunk: two atomic updates on the entry and one on the
+	// converter's byte counter, no lock.
+	bytes := &s.stats.bytes[from][s.legKind()]
+	moved := func(n int64) {
+		s.entry.Count(from, n)
+		bytes.Add(uint64(n))
+	}
 	var err error
 	if s.mptcp {
 		_, err = copyBuffered(dst, src, s.buffers, moved)
@@ -50,7 +55,9 @@ func (s *session) pump(dst, src *net.TCPConn, from sessions.Side) {
 		err = spliceChunks(dst, src, moved)
 	}
 	if err != nil {
-		s.abortBoth(err)
+		if s.abortBoth(err) { // the first failure, not the other direction's echo of it
+			s.stats.relayResets[from].Add(1)
+		}
 		return
 	}
 	s.entry.HalfClosed(from)
@@ -97,9 +104,11 @@ func spliceChunks(dst, src *net.TCPConn, moved func(n int64)) error {
 	}
 }
 
-// abortBoth resets both legs once; later calls do nothing.
-func (s *session) abortBoth(cause error) {
+// abortBoth resets both legs once; later calls do nothing. It reports
+// whether this call did it.
+func (s *session) abortBoth(cause error) (first bool) {
 	s.abortOnce.Do(func() {
+		first = true
 		s.setEndReason("aborted: " + cause.Error())
 		s.entry.SetState(sessions.StateClosing)
 		server := s.entry.Server()
@@ -108,4 +117,5 @@ func (s *session) abortBoth(cause error) {
 			abort(server)
 		}
 	})
+	return first
 }

@@ -35,6 +35,7 @@ type Server struct {
 	active     atomic.Int64
 	nextID     atomic.Uint64
 	stats      counters
+	timings    timings
 	buffers    *bufferPool
 	// handshakeBufs holds the buffers that receive Convert messages.
 	handshakeBufs sync.Pool
@@ -63,7 +64,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("converter config: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), abortDrain: make(chan struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg), refusalLog: newLogLimiter(refusalLogRate, refusalLogBurst)}
+	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), abortDrain: make(chan struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg), refusalLog: newLogLimiter(refusalLogRate, refusalLogBurst), timings: newTimings()}
 	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
 	pol := cfg.Policy()
 	s.policy.Store(&pol)
@@ -568,7 +569,15 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
+	// The attempts run one after the other (dialVerified): the first
+	// sends the server-leg SYN, the last is the connect that counts.
+	var attempt time.Time
 	server, err := dialVerified(dctx, sess.handshake, unverifiedSynWindow, func(ctx context.Context) (*net.TCPConn, error) {
+		first := attempt.IsZero()
+		attempt = time.Now()
+		if first {
+			s.timings.synToServerSyn.ObserveDuration(attempt.Sub(sess.entry.Start()))
+		}
 		if s.cfg.Dial != nil {
 			return s.cfg.Dial(ctx, dest, early)
 		}
@@ -590,9 +599,11 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 		}
 		return r
 	}
+	s.timings.connect.Since(attempt)
 	sess.entry.SetServer(server)
 	if len(early) > 0 {
 		sess.entry.Count(sessions.Client, int64(len(early)))
+		s.stats.bytes[sessions.Client][sess.legKind()].Add(uint64(len(early)))
 	}
 	opts, synthesized := s.synAckOptions(server, dest)
 	sess.synAckOptions = opts
@@ -684,6 +695,7 @@ func (s *Server) replyToClient(ctx context.Context, sess *session, reply []byte)
 	if _, err := c.Write(reply); err != nil {
 		return fmt.Errorf("write reply: %w", err)
 	}
+	s.timings.synToReply.Since(sess.entry.Start())
 	return nil
 }
 
@@ -695,6 +707,7 @@ func (s *Server) runRelay(sess *session) {
 	}
 	sess.entry.Touch()
 	sess.relay()
+	s.observeEnd(sess)
 	sess.entry.Client().Close()
 	sess.entry.Server().Close()
 	s.logEnd(sess)
@@ -763,7 +776,7 @@ func (s *Server) newSession(c *net.TCPConn) *session {
 		// A steered SYN was accepted as if by the server it named.
 		a.Original = unmapAddrPort(c.LocalAddr())
 	}
-	sess := &session{mptcp: multipath(c), buffers: s.buffers}
+	sess := &session{mptcp: multipath(c), buffers: s.buffers, stats: &s.stats}
 	if info, err := sockinfo.GetTCPInfo(c); err == nil {
 		sess.synData = info.SynData()
 	}

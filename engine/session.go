@@ -20,6 +20,7 @@ type session struct {
 	mapping    nat.Mapping     // the server leg's source from the shared pool, if any
 	preserved  bool            // the server leg is sourced from the client's address
 	mptcp      bool            // the Client leg is MPTCP (false: plain TCP or fallback)
+	stats      *counters       // the Server's
 	synData    bool            // the Convert message came in the SYN
 	handshake  *handshakeWatch // the client's handshake, watched from admission on
 	unverified atomic.Bool     // the client never completed its handshake
@@ -61,7 +62,9 @@ var errIdle = errors.New("idle timeout")
 func (s *session) checkIdle(idle time.Duration) {
 	since := time.Since(s.entry.LastActive())
 	if since >= idle {
-		s.abortBoth(errIdle)
+		if s.abortBoth(errIdle) {
+			s.stats.idle.Add(1)
+		}
 		return
 	}
 	s.idleTimer.Reset(idle - since)
@@ -76,6 +79,11 @@ type counters struct {
 	portsCapped                       atomic.Uint64      // sessions without a per-port listener: cap reached
 	unverified                        atomic.Uint64      // clients that never completed their handshake
 	refused                           [256]atomic.Uint64 // by Error code
+	idle                              atomic.Uint64      // sessions closed by the idle timeout
+	byKind                            [NumLegKinds][NumArrivals]atomic.Uint64
+	// Per relay direction (the sessions.Side the bytes come from).
+	relayResets [2]atomic.Uint64
+	bytes       [2][NumLegKinds]atomic.Uint64
 }
 
 func (c *counters) accepted(s *session) {
@@ -85,9 +93,12 @@ func (c *counters) accepted(s *session) {
 	} else {
 		c.fallback.Add(1)
 	}
+	arrival := ArrivalAfterHandshake
 	if s.synData {
 		c.synData.Add(1)
+		arrival = ArrivalSYN
 	}
+	c.byKind[s.legKind()][arrival].Add(1)
 }
 
 func (c *counters) refusal(r *refusal) {

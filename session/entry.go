@@ -41,6 +41,7 @@ type Entry struct {
 	errCode    int    // -1 until refused
 	mptcp      MPTCPInfo
 	subflows   []subflow
+	seen       int // subflows the session had over its life
 	announced  []AnnouncedAddr
 	serverTCP  *TCPSummary
 	refreshErr string
@@ -237,6 +238,7 @@ func (e *Entry) SetRefused(code tlv.ErrorCode) {
 // Called with e.mu held, so events wait until the seed is in place.
 func (e *Entry) seed() {
 	initial := []subflow{{local: e.clientLocal, remote: e.clientAddr}}
+	e.seen = 1
 	if e.fallback || !e.hasToken {
 		e.subflows = initial
 		return
@@ -269,6 +271,7 @@ func (e *Entry) apply(ev mptcpevents.Event) {
 		if sf == nil {
 			e.subflows = append(e.subflows, subflow{local: ev.Local, remote: ev.Remote})
 			sf = &e.subflows[len(e.subflows)-1]
+			e.seen++
 		}
 		sf.locID, sf.remID, sf.backup, sf.ifIndex = ev.LocID, ev.RemID, ev.Backup, ev.IfIndex
 	case mptcpevents.SubClosed:
@@ -279,6 +282,22 @@ func (e *Entry) apply(ev mptcpevents.Event) {
 			sf.backup = ev.Backup
 		}
 	}
+}
+
+// SubflowsSeen returns how many subflows the client leg had over its
+// life, as path-manager events and socket reads told (at least the
+// initial one).
+func (e *Entry) SubflowsSeen() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return max(e.seen, 1)
+}
+
+// subflowsOpen returns how many subflows the client leg has now.
+func (e *Entry) subflowsOpen() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.subflows)
 }
 
 func (e *Entry) subflow(local, remote netip.AddrPort) *subflow {

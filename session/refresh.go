@@ -72,6 +72,8 @@ func (e *Entry) refreshClient() error {
 		sf := subflow{local: s.Local, remote: s.Remote}
 		if old := e.subflow(s.Local, s.Remote); old != nil {
 			sf = *old
+		} else if s.Local != e.clientLocal || s.Remote != e.clientAddr {
+			e.seen++ // joined without an event seen (yet)
 		}
 		sf.tcp = summarize(s.TCP)
 		next = append(next, sf)

@@ -208,6 +208,35 @@ func (t *Table) Counts() Counts {
 	}
 }
 
+// Gauges are what the table holds now, for a metrics collector.
+type Gauges struct {
+	// ByState counts the sessions in each state.
+	ByState [NumStates]int
+	// Subflows counts the client legs' subflows open, as the entries
+	// know them (path-manager events and the last socket read; a plain
+	// TCP client leg is one).
+	Subflows int
+}
+
+// Gauges counts the sessions by state and their subflows: one pass over
+// the table, no system call.
+func (t *Table) Gauges() Gauges {
+	t.mu.RLock()
+	list := make([]*Entry, 0, len(t.byID))
+	for _, e := range t.byID {
+		list = append(list, e)
+	}
+	t.mu.RUnlock()
+	var g Gauges
+	for _, e := range list {
+		if st := e.State(); st < NumStates {
+			g.ByState[st]++
+		}
+		g.Subflows += e.subflowsOpen()
+	}
+	return g
+}
+
 // entries returns the sessions ordered by id.
 func (t *Table) entries() []*Entry {
 	t.mu.RLock()

@@ -409,3 +409,29 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("counts %+v", got)
 	}
 }
+
+func TestGauges(t *testing.T) {
+	tb := NewTable(0)
+	a, _ := pair(t, false)
+	b, _ := pair(t, false)
+	ea, err := tb.Add(Accepted{Client: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eb, err := tb.Add(Accepted{Client: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ea.SetState(StateEstablished)
+	g := tb.Gauges()
+	if g.ByState[StateEstablished] != 1 || g.ByState[StateConnecting] != 1 || g.Subflows != 2 {
+		t.Errorf("gauges %+v", g)
+	}
+	if n := eb.SubflowsSeen(); n != 1 {
+		t.Errorf("plain TCP client leg: %d subflows seen", n)
+	}
+	tb.Remove(ea)
+	if g := tb.Gauges(); g.ByState[StateEstablished] != 0 || g.Subflows != 1 {
+		t.Errorf("after remove: %+v", g)
+	}
+}

@@ -24,6 +24,8 @@ const (
 	StateClosing
 	// StateRefused: the client was answered with an Error TLV.
 	StateRefused
+	// NumStates is the number of states.
+	NumStates
 )
 
 var stateNames = [...]string{

@@ -63,7 +63,8 @@ func TestFlagsMapToTheirField(t *testing.T) {
 		"listen": "127.0.0.1:1", "deny": "10.0.0.0/8", "allow-destinations": "10.0.0.0/8", "allow-clients": "10.0.0.0/8",
 		"pool": "192.0.2.0/28", "client-iface": "eth9", "server-iface": "eth9", "announce": "192.0.2.1",
 		"log-level": "debug", "nat": "share", "tfo-window-clamp": "off", "cookie-secret": "/s", "control": "/c",
-		"user": "nobody", "nat-log": "/l",
+		"user": "nobody", "nat-log": "/l", "metrics-listen": "127.0.0.1:9124",
+		"web": "127.0.0.1:8080",
 	}
 	ty := reflect.TypeFor[daemon.Config]()
 	fieldOf := map[string]string{}

@@ -88,6 +88,8 @@ type Config struct {
 	LogLevel          slog.Level `flag:"log-level,reload"`
 	Control           string     `flag:"control"` // empty: no control socket
 	VerifyClientFirst bool       `flag:"verify-client-first"`
+	MetricsListen     string     `flag:"metrics-listen"` // ADDR:PORT serving /metrics over HTTP; empty: off
+	Web               string     `flag:"web"`            // ADDR:PORT serving the live page; empty: off
 
 	User           string         `flag:"user"`
 	KeepPrivileges bool           `flag:"keep-privileges"`
@@ -166,6 +168,15 @@ func (c Config) Validate(given Given) []string {
 		}
 		if _, err := net.LookupPort("tcp", port); err != nil {
 			add("--listen %q: port: %v", l, err)
+		}
+	}
+	if c.MetricsListen != "" {
+		if host, port, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			add("--metrics-listen %q: %v", c.MetricsListen, err)
+		} else if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil && host != "" {
+			add("--metrics-listen %q: address: %v", c.MetricsListen, err)
+		} else if _, err := net.LookupPort("tcp", port); err != nil {
+			add("--metrics-listen %q: port: %v", c.MetricsListen, err)
 		}
 	}
 	if _, err := tfowindow.ParseMode(string(c.TFOWindowClamp)); err != nil {

@@ -11,6 +11,7 @@ import (
 // part of the daemon; POST /reload reloads as SIGHUP does.
 func (d *daemon) controlServer() *control.Server {
 	ctl := control.New(d.srv.Table(), d.log)
+	d.ctl = ctl // the metrics step installs GET /metrics
 	ctl.Register("converter", func() any { return d.srv.Stats() })
 	ctl.SetReady(d.srv.Readiness)
 	ctl.Register("reload", d.rl.lastOutcome)

@@ -2,7 +2,7 @@
 // shutdown of the converter. Run sets up, in order, the data plane (BPF
 // programs, policy routing, announced endpoints), the server-leg
 // addressing (NAT pool), the engine and its listeners, SIGHUP reload,
-// the MPTCP event feed and the control socket, drops privileges, then
+// the MPTCP event feed and the control socket, the metrics, drops privileges, then
 // serves until its context ends (drain) and the abort signal (abort).
 // Each step returns its undo; whatever was set up is undone in reverse
 // order on every way out, and every goroutine is awaited.
@@ -22,12 +22,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/convert-tc/converter/control"
 	"github.com/convert-tc/converter/cookie"
 	"github.com/convert-tc/converter/engine"
 	"github.com/convert-tc/converter/internal/handover"
 	"github.com/convert-tc/converter/internal/mptcpevents"
 	"github.com/convert-tc/converter/internal/privdrop"
 	"github.com/convert-tc/converter/internal/tfowindow"
+	"github.com/convert-tc/converter/internal/web"
 )
 
 // Options is what Run takes from its caller besides the Config.
@@ -77,6 +79,7 @@ type daemon struct {
 	served  bool // Serve ran: it closed the listeners
 	rl      *reloader
 	events  *mptcpevents.Listener
+	ctl     *control.Server // nil without a control socket
 
 	// Upgrades: pred is the daemon this one took over from; handing is
 	// set while this one hands over, successor once it has.
@@ -110,6 +113,8 @@ func (d *daemon) steps() []step {
 		{"listen", d.listen},
 		{"reload", d.handleReload},
 		{"observers", d.startObservers},
+		{"metrics", d.startMetrics},
+		{"web", d.startWeb},
 		{"announce", d.logListening},
 		{"privileges", d.dropPrivileges},
 	}
@@ -317,6 +322,25 @@ func (d *daemon) startObservers(ctx context.Context) (func(), error) {
 		g.stop()
 		events.Close()
 	}, nil
+}
+
+// startWeb serves the live page (--web) through the drain.
+func (d *daemon) startWeb(ctx context.Context) (func(), error) {
+	if d.cfg.Web == "" {
+		return nil, nil
+	}
+	ln, err := web.Listen(ctx, d.cfg.Web)
+	if err != nil {
+		return nil, err
+	}
+	g := newGroup(ctx)
+	g.run(func(ctx context.Context) {
+		if err := web.Serve(ctx, ln, web.Handler(web.FromServer(d.srv))); err != nil {
+			d.log.Error("web page stopped", "address", ln.Addr().String(), "error", err.Error())
+		}
+	})
+	d.log.Info("web page", "address", ln.Addr().String())
+	return g.stop, nil
 }
 
 // logListening says the daemon is reachable: the namespace tests and
