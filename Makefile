@@ -14,7 +14,7 @@ FUZZ_TARGETS := ./tlv:FuzzParseRequest ./tlv:FuzzParseReply ./dissect:FuzzDecode
 	./nat:FuzzPool ./cookie:FuzzValid
 
 # Debian packages the tests and the demo use at run time.
-DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy chromium
+DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy chromium curl
 
 .PHONY: all build deps test check-fmt vet check-generate generate unit fuzz demo bench clean
 

@@ -30,7 +30,8 @@ say "lab $PREFIX: client (two paths) -> converter -> server"
 "$BIN" lab status --prefix "$PREFIX" | sed 's/^/   /'
 
 say "converter in $CONV listening on [::]:5124; bench server in $SRV on 10.201.3.2:9000"
-ip netns exec "$CONV" "$BIN" run --listen '[::]:5124' --allow-destinations 10.201.0.0/16 --allow-destinations fd01::/16 --control "$CONTROL" --log-level warn &
+ip netns exec "$CONV" "$BIN" run --listen '[::]:5124' --allow-destinations 10.201.0.0/16 --allow-destinations fd01::/16 --control "$CONTROL" --log-level warn \
+	--metrics-listen 127.0.0.1:9464 &
 pids+=($!)
 ip netns exec "$SRV" "$BIN" bench --serve 10.201.3.2:9000 &
 pids+=($!)
@@ -70,3 +71,7 @@ print("download: %.2f Gbit/s (%d bytes in %.2f s, %s subflows)" % (r["down"]["bi
 PY
 say "the converter's TFO window clamp (kernel fault of MPTCP sockets accepted with SYN data; README, known kernel issues)"
 "$BIN" bpf status --control "$CONTROL" --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("synwin counters:", d.get("synwin_counters"))' || true
+
+say "metrics: a few lines of one scrape of /metrics (curl --unix-socket $CONTROL http://converter/metrics; --metrics-listen serves the same over HTTP)"
+ip netns exec "$CONV" curl -s http://127.0.0.1:9464/metrics >"$TMP/metrics.txt" || curl -s --unix-socket "$CONTROL" http://converter/metrics >"$TMP/metrics.txt" || true
+grep -E '^converter_(connections_accepted_total|sessions_converted_total|relayed_bytes_total|convert_syn_to_reply_seconds_(count|sum)|server_connect_seconds_count|session_subflows_(count|sum)|subflows_open|bpf_events_total\{program="synwin",event="clamped"\}|kernel_mptcp_events_total\{counter="MPJoinSynRx"\})' "$TMP/metrics.txt" | head -20 || echo "(no metrics read)"
