@@ -170,13 +170,16 @@ func (c Config) Validate(given Given) []string {
 			add("--listen %q: port: %v", l, err)
 		}
 	}
-	if c.MetricsListen != "" {
-		if host, port, err := net.SplitHostPort(c.MetricsListen); err != nil {
-			add("--metrics-listen %q: %v", c.MetricsListen, err)
+	for _, l := range []struct{ flag, addr string }{{"metrics-listen", c.MetricsListen}, {"web", c.Web}} {
+		if l.addr == "" {
+			continue
+		}
+		if host, port, err := net.SplitHostPort(l.addr); err != nil {
+			add("--%s %q: %v", l.flag, l.addr, err)
 		} else if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil && host != "" {
-			add("--metrics-listen %q: address: %v", c.MetricsListen, err)
+			add("--%s %q: address: %v", l.flag, l.addr, err)
 		} else if _, err := net.LookupPort("tcp", port); err != nil {
-			add("--metrics-listen %q: port: %v", c.MetricsListen, err)
+			add("--%s %q: port: %v", l.flag, l.addr, err)
 		}
 	}
 	if _, err := tfowindow.ParseMode(string(c.TFOWindowClamp)); err != nil {

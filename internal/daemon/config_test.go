@@ -60,6 +60,9 @@ func TestValidate(t *testing.T) {
 			c.NAT, c.ServerIfaces, c.MaxTransparentPorts = NATPreserve, []string{"sv"}, 7
 		}, nil, "--max-transparent-ports has no effect without --transparent"},
 		{"engine", func(c *Config) { c.MaxSessions = -1 }, nil, "session limits must not be negative"},
+		{"metrics listen", func(c *Config) { c.MetricsListen = "9464" }, nil, `--metrics-listen "9464"`},
+		{"web", func(c *Config) { c.Web = "localhost:web" }, nil, `--web "localhost:web": address`},
+		{"web ok", func(c *Config) { c.Web = "127.0.0.1:8080" }, nil, ""},
 		{"share", func(c *Config) {
 			c.NAT, c.Pool, c.PortBlock = NATShare, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/28")}, 16
 		}, nil, ""},
