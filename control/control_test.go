@@ -194,6 +194,19 @@ func TestServeMetrics(t *testing.T) {
 	srv.SetMetrics(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "converter_control_socket_clients %d\n", srv.Clients())
 	}))
+	waitClients := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for srv.Clients() != n && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if got := srv.Clients(); got != n {
+			t.Fatalf("%d clients, want %d", got, n)
+		}
+	}
+	// The first request's connection closes asynchronously on the
+	// server's side.
+	waitClients(0)
 	body, err := FetchMetrics(ctx, path)
 	if err != nil {
 		t.Fatal(err)
@@ -202,10 +215,7 @@ func TestServeMetrics(t *testing.T) {
 	if string(body) != "converter_control_socket_clients 1\n" {
 		t.Errorf("GET /metrics: %q", body)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for srv.Clients() != 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	waitClients(0)
 	if n := srv.Clients(); n != 0 {
 		t.Errorf("%d clients after the requests closed", n)
 	}

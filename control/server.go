@@ -95,8 +95,14 @@ func (s *Server) upgradeHandler(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	fn := s.upgrade
 	s.mu.Unlock()
+	runAction(w, r, fn, "this daemon does not upgrade")
+}
+
+// runAction answers a POST that runs fn: its outcome as JSON, 200 when it
+// succeeded, else 422; 501 when the daemon has no such action.
+func runAction(w http.ResponseWriter, r *http.Request, fn func(context.Context) (any, bool), missing string) {
 	if fn == nil {
-		http.Error(w, "this daemon does not upgrade", http.StatusNotImplemented)
+		http.Error(w, missing, http.StatusNotImplemented)
 		return
 	}
 	out, ok := fn(r.Context())
@@ -245,16 +251,7 @@ func (s *Server) reloadHandler(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	fn := s.reload
 	s.mu.Unlock()
-	if fn == nil {
-		http.Error(w, "this daemon does not reload", http.StatusNotImplemented)
-		return
-	}
-	out, ok := fn(r.Context())
-	w.Header().Set("Content-Type", "application/json")
-	if !ok {
-		w.WriteHeader(http.StatusUnprocessableEntity)
-	}
-	json.NewEncoder(w).Encode(out)
+	runAction(w, r, fn, "this daemon does not reload")
 }
 
 // HandoverUpgrade is the Upgrade token of POST /handover.

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/convert-tc/converter/internal/metrics"
+	"github.com/convert-tc/converter/internal/reuseport"
 )
 
 // startMetrics builds the Prometheus registry of every part set up so
@@ -81,24 +79,10 @@ func (d *daemon) startMetrics(ctx context.Context) (func(), error) {
 	}, nil
 }
 
-// listenMetrics opens the metrics listener. SO_REUSEPORT lets the
-// successor of an upgrade bind the same address while its predecessor
-// still serves its drain (both answer until it exits).
+// listenMetrics opens the metrics listener (internal/reuseport: an
+// upgrade's successor binds it too).
 func listenMetrics(ctx context.Context, addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		}); err != nil {
-			return err
-		}
-		if serr != nil {
-			return fmt.Errorf("setsockopt(SOL_SOCKET, SO_REUSEPORT): %w", serr)
-		}
-		return nil
-	}}
-	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(ctx, "tcp", addr)
+	ln, err := reuseport.Listen(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
 	}

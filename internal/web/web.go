@@ -39,12 +39,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/convert-tc/converter/engine"
+	"github.com/convert-tc/converter/internal/reuseport"
 	"github.com/convert-tc/converter/session"
 	"github.com/convert-tc/converter/tlv"
 )
@@ -377,25 +375,11 @@ func codeOf(name string) (uint8, bool) {
 	return c, ok
 }
 
-// Listen opens the page's TCP listener (plain TCP: a browser is no MPTCP
-// client to convert), so that a bad address fails the daemon's start
-// rather than its serving. SO_REUSEPORT lets the successor of an upgrade
-// bind the address while its predecessor still serves its drain.
+// Listen opens the page's TCP listener, so that a bad address fails the
+// daemon's start rather than its serving (internal/reuseport: an
+// upgrade's successor binds it too).
 func Listen(ctx context.Context, addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		}); err != nil {
-			return err
-		}
-		if serr != nil {
-			return fmt.Errorf("setsockopt(SOL_SOCKET, SO_REUSEPORT): %w", serr)
-		}
-		return nil
-	}}
-	lc.SetMultipathTCP(false)
-	l, err := lc.Listen(ctx, "tcp", addr)
+	l, err := reuseport.Listen(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("--web %s: %w", addr, err)
 	}
