@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,7 +34,7 @@ func (bp *bufferPool) put(b *[]byte) { bp.p.Put(b) }
 // A buffer is taken only once src has bytes and dst has room, and no more
 // is read than dst takes without blocking: a peer that stops reading
 // pins no buffer, only the kernel's socket buffers.
-func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, moved func(n int64)) (int64, error) {
+func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, moved func(n int64), park time.Duration) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -44,7 +45,7 @@ func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, moved func(n int64)) 
 	}
 	var total int64
 	for {
-		if err := waitReadable(rc); err != nil {
+		if err := waitSource(src, rc, park); err != nil {
 			return total, err
 		}
 		if err := waitWritable(wc); err != nil {

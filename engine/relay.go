@@ -1,9 +1,11 @@
 package engine
 
 import (
+	"errors"
 	"io"
 	"net"
-	"sync"
+	"syscall"
+	"time"
 
 	sessions "github.com/convert-tc/converter/session"
 )
@@ -13,55 +15,172 @@ import (
 // *net.TCPConn keeps the splice path.
 const relayChunk = 1 << 20
 
-// relay moves bytes between the two legs until both directions ended. A
-// clean end of one direction is passed on as a half-close; a reset or an
-// error on either leg aborts both.
-func (s *session) relay() {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.copyClientToServer()
-	}()
-	s.copyServerToClient()
-	wg.Wait()
+// direction is one way of a session's relay, src to dst. It runs in a
+// goroutine of its own while bytes move, and parks (no goroutine; its
+// source in the parker's epoll set) once none came for parkAfter.
+type direction struct {
+	sess     *session
+	from     sessions.Side
+	src, dst *net.TCPConn
+	rawSrc   syscall.RawConn
+	state    dirState // guarded by sess.relayMu
+	key      uint64   // the parker's, while parked
+	fd       int      // src's, while parked
 }
 
-func (s *session) copyClientToServer() {
-	s.pump(s.entry.Server(), s.entry.Client(), sessions.Client)
+type dirState uint8
+
+const (
+	dirRunning dirState = iota
+	dirParked
+	dirEnded
+)
+
+// relayRun is what a relay needs of its Server: where to park and how to
+// start a tracked goroutine.
+type relayRun struct {
+	parker *parker // nil: never park
+	spawn  func(func())
 }
 
-func (s *session) copyServerToClient() {
-	s.pump(s.entry.Client(), s.entry.Server(), sessions.Server)
+// startRelay moves bytes between the two legs until both directions
+// ended, then runs onEnd once. A clean end of one direction is passed on
+// as a half-close; a reset or an error on either leg aborts both.
+func (s *session) startRelay(rr relayRun, onEnd func()) {
+	s.relayMu.Lock()
+	s.rr, s.onEnd = rr, onEnd
+	for i, from := range []sessions.Side{sessions.Client, sessions.Server} {
+		d := &direction{sess: s, from: from, src: s.entry.Client(), dst: s.entry.Server()}
+		if from == sessions.Server {
+			d.src, d.dst = d.dst, d.src
+		}
+		d.rawSrc, _ = d.src.SyscallConn()
+		s.dirs[i] = d
+	}
+	aborted := s.relayAborted
+	s.relayMu.Unlock()
+	if aborted { // aborted between the reply and now
+		s.relayMu.Lock()
+		s.dirs[0].state, s.dirs[1].state = dirEnded, dirEnded
+		s.relayMu.Unlock()
+		s.endRelay()
+		return
+	}
+	for _, d := range s.dirs {
+		rr.spawn(d.run)
+	}
 }
 
-// pump copies src to dst until src ends. On EOF it half-closes dst; on any
-// error it aborts both legs so that the other direction ends too. Between
-// two TCP sockets it splices; when the client leg is MPTCP it copies
-// through a pooled buffer, because splice to and from MPTCP sockets is
-// slow and stalls on Linux (measured: a 64 MiB download took 30 s).
-func (s *session) pump(dst, src *net.TCPConn, from sessions.Side) {
+// run pumps until the direction ends or parks.
+func (d *direction) run() {
+	s := d.sess
+	err := s.pump(d)
+	s.relayMu.Lock()
+	if errors.Is(err, errParked) && !s.relayAborted {
+		if perr := s.rr.parker.park(d); perr == nil {
+			d.state = dirParked
+			s.relayMu.Unlock()
+			return
+		}
+		// Cannot park (out of memory for epoll): run on, never parking.
+		s.relayMu.Unlock()
+		s.rr.spawn(func() { d.runUnparked() })
+		return
+	}
+	d.state = dirEnded
+	s.relayMu.Unlock()
+	s.endRelay()
+}
+
+func (d *direction) runUnparked() {
+	s := d.sess
+	s.pumpWith(d, 0)
+	s.relayMu.Lock()
+	d.state = dirEnded
+	s.relayMu.Unlock()
+	s.endRelay()
+}
+
+// wake resumes a parked direction: its source has bytes, an end or an
+// error.
+func (d *direction) wake() {
+	s := d.sess
+	s.relayMu.Lock()
+	if d.state != dirParked { // an abort ended it meanwhile
+		s.relayMu.Unlock()
+		return
+	}
+	s.rr.parker.unpark(d)
+	d.state = dirRunning
+	s.relayMu.Unlock()
+	s.rr.spawn(d.run)
+}
+
+// endRelay runs onEnd once both directions ended.
+func (s *session) endRelay() {
+	s.relayMu.Lock()
+	done := s.onEnd != nil && !s.relayDone && s.dirs[0].state == dirEnded && s.dirs[1].state == dirEnded
+	if done {
+		s.relayDone = true
+	}
+	s.relayMu.Unlock()
+	if done {
+		s.onEnd()
+	}
+}
+
+// pump copies d.src to d.dst until src ends (nil, after passing the end on
+// as a half-close), the relay aborts (the error), or nothing came for
+// parkAfter (errParked).
+func (s *session) pump(d *direction) error {
+	after := time.Duration(0)
+	if s.rr.parker != nil {
+		after = parkAfter
+	}
+	return s.pumpWith(d, after)
+}
+
+func (s *session) pumpWith(d *direction, park time.Duration) error {
 	// Per chunk: two atomic updates on the entry and one on the
 	// converter's byte counter, no lock.
-	bytes := &s.stats.bytes[from][s.legKind()]
+	bytes := &s.stats.bytes[d.from][s.legKind()]
 	moved := func(n int64) {
-		s.entry.Count(from, n)
+		s.entry.Count(d.from, n)
 		bytes.Add(uint64(n))
 	}
 	var err error
 	if s.mptcp {
-		_, err = copyBuffered(dst, src, s.buffers, moved)
+		_, err = copyBuffered(d.dst, d.src, s.buffers, moved, park)
 	} else {
-		err = spliceChunks(dst, src, moved)
+		err = spliceChunks(d.dst, d.src, moved, park)
+	}
+	if errors.Is(err, errParked) {
+		return err
 	}
 	if err != nil {
 		if s.abortBoth(err) { // the first failure, not the other direction's echo of it
-			s.stats.relayResets[from].Add(1)
+			s.stats.relayResets[d.from].Add(1)
 		}
-		return
+		return err
 	}
-	s.entry.HalfClosed(from)
-	dst.CloseWrite()
+	s.entry.HalfClosed(d.from)
+	d.dst.CloseWrite()
+	return nil
+}
+
+// waitSource waits until src has bytes (or an end, or an error), at most
+// park when park > 0: then errParked.
+func waitSource(src *net.TCPConn, rc syscall.RawConn, park time.Duration) error {
+	if park <= 0 {
+		return waitReadable(rc)
+	}
+	src.SetReadDeadline(time.Now().Add(park))
+	err := waitReadable(rc)
+	src.SetReadDeadline(time.Time{})
+	if isParkTimeout(err) {
+		return errParked
+	}
+	return err
 }
 
 // spliceChunks is io.Copy (splice underneath) in steps, so that the
@@ -70,7 +189,7 @@ func (s *session) pump(dst, src *net.TCPConn, from sessions.Side) {
 // both allow: Go's splice takes a pipe from its pool for the whole call
 // and waits inside it, so an idle session, or one whose peer stopped
 // reading, would otherwise hold a pipe (two fds and up to 64 KiB).
-func spliceChunks(dst, src *net.TCPConn, moved func(n int64)) error {
+func spliceChunks(dst, src *net.TCPConn, moved func(n int64), park time.Duration) error {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return err
@@ -81,7 +200,7 @@ func spliceChunks(dst, src *net.TCPConn, moved func(n int64)) error {
 	}
 	lr := &io.LimitedReader{R: src}
 	for {
-		if err := waitReadable(rc); err != nil {
+		if err := waitSource(src, rc, park); err != nil {
 			return err
 		}
 		if err := waitWritable(wc); err != nil {
@@ -111,11 +230,23 @@ func (s *session) abortBoth(cause error) (first bool) {
 		first = true
 		s.setEndReason("aborted: " + cause.Error())
 		s.entry.SetState(sessions.StateClosing)
+		// Parked directions end here: nothing else would wake them once
+		// their sockets are closed.
+		s.relayMu.Lock()
+		s.relayAborted = true
+		for _, d := range s.dirs {
+			if d != nil && d.state == dirParked {
+				s.rr.parker.unpark(d)
+				d.state = dirEnded
+			}
+		}
+		s.relayMu.Unlock()
 		server := s.entry.Server()
 		abort(s.entry.Client())
 		if server != nil {
 			abort(server)
 		}
+		s.endRelay()
 	})
 	return first
 }

@@ -53,7 +53,10 @@ type Server struct {
 	sessCtx    context.Context
 	abortSess  context.CancelFunc
 	draining   atomic.Bool
-	handedOver atomic.Bool   // a successor accepts on our sockets (HandedOver)
+	handedOver atomic.Bool // a successor accepts on our sockets (HandedOver)
+	// parker holds the idle directions of relays (park.go); nil: none
+	// parks.
+	parker     *parker
 	abortDrain chan struct{} // closed by Abort
 	abortOnce  sync.Once
 }
@@ -66,6 +69,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), abortDrain: make(chan struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg), refusalLog: newLogLimiter(refusalLogRate, refusalLogBurst), timings: newTimings()}
 	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
+	if p, err := newParker(); err == nil {
+		s.parker = p
+	} else {
+		s.log.Warn("idle sessions keep their goroutines", "error", err.Error())
+	}
 	pol := cfg.Policy()
 	s.policy.Store(&pol)
 	return s, nil
@@ -270,6 +278,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		return errors.New("serve: no listener (call Listen first)")
 	}
 	s.serveInherited()
+	parkCtx, stopParker := context.WithCancel(context.Background())
+	defer stopParker()
+	if p := s.parker; p != nil {
+		s.spawn(func() { p.run(parkCtx, (*direction).wake) })
+	}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		// Counted like the sessions: an accept loop adds a session to
@@ -296,7 +309,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.closeListeners()
 	s.abortSess()
 	s.stopSessions()
+	if s.parker != nil {
+		// Sessions that reach their relay from now on run it unparked,
+		// and Wait waits for them as before.
+		s.parker.stop()
+	}
+	stopParker()
 	s.wg.Wait()
+	if s.parker != nil {
+		s.parker.close()
+	}
 	return err
 }
 
@@ -414,9 +436,15 @@ func (s *Server) closeListeners() {
 }
 
 func (s *Server) stopSessions() {
+	// Not under s.mu: a parked session ends in abortBoth, and its end
+	// untracks it.
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	all := make([]*session, 0, len(s.sessions))
 	for sess := range s.sessions {
+		all = append(all, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range all {
 		sess.abortBoth(errors.New("converter stopping"))
 	}
 }
@@ -439,8 +467,18 @@ const readBufLen = 4096
 
 // serve runs one Client connection from accept to close.
 func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
+	// What a session undoes at its end, in reverse order: when serve
+	// returns, or, once the relay started, when the relay ends (a parked
+	// session has no goroutine to defer in).
+	var undo []func()
+	relayOwns := false
+	defer func() {
+		if !relayOwns {
+			runUndo(undo)
+		}
+	}()
 	s.active.Add(1)
-	defer s.active.Add(-1)
+	undo = append(undo, func() { s.active.Add(-1) })
 	// The per-client limits come first, before anything is allocated
 	// for the connection.
 	key := s.clientKey(unmapAddrPort(c.RemoteAddr()).Addr())
@@ -455,14 +493,14 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 		return
 	}
 	pendingHeld := true
-	defer func() { s.clients.leave(key, pendingHeld) }()
+	undo = append(undo, func() { s.clients.leave(key, pendingHeld) })
 	sess := s.newSession(c)
-	defer s.cfg.Table.Remove(sess.entry)
+	undo = append(undo, func() { s.cfg.Table.Remove(sess.entry) })
 	s.track(sess)
-	defer s.untrack(sess)
-	defer s.releaseMapping(sess) // runs when serve returns: both legs are closed by then
+	undo = append(undo, func() { s.untrack(sess) })
+	undo = append(undo, func() { s.releaseMapping(sess) }) // both legs are closed by then
 	if untrack := s.steerJoins(sess); untrack != nil {
-		defer untrack()
+		undo = append(undo, untrack)
 	}
 
 	// The handshake buffer goes back to the pool once the early bytes are
@@ -482,7 +520,7 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 		r = s.admit(&m, sess.entry.ClientAddr().Addr())
 	}
 	if _, isConnect := m.Connect(); r == nil && isConnect && s.cfg.Transparent && sess.mptcp {
-		defer s.acquirePort(sess.entry.Original().Port())()
+		undo = append(undo, s.acquirePort(sess.entry.Original().Port()))
 	}
 	if r != nil {
 		s.finishRefused(sess, r)
@@ -514,7 +552,15 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	pendingHeld = false
 	s.stats.converted.Add(1)
 	sess.entry.SetState(sessions.StateEstablished)
-	s.runRelay(sess)
+	relayOwns = true
+	s.runRelay(sess, func() { runUndo(undo) })
+}
+
+// runUndo runs a session's undo list in reverse.
+func runUndo(undo []func()) {
+	for i := len(undo) - 1; i >= 0; i-- {
+		undo[i]()
+	}
 }
 
 // readRequest reads until the Client's Convert message is complete, the
@@ -699,18 +745,32 @@ func (s *Server) replyToClient(ctx context.Context, sess *session, reply []byte)
 	return nil
 }
 
-func (s *Server) runRelay(sess *session) {
+func (s *Server) runRelay(sess *session, undo func()) {
+	var idleTimer *time.Timer
 	if idle := s.cfg.IdleTimeout; idle > 0 {
-		t := time.AfterFunc(idle, func() { sess.checkIdle(idle) })
-		sess.idleTimer = t
-		defer t.Stop()
+		idleTimer = time.AfterFunc(idle, func() { sess.checkIdle(idle) })
+		sess.idleTimer = idleTimer
 	}
 	sess.entry.Touch()
-	sess.relay()
-	s.observeEnd(sess)
-	sess.entry.Client().Close()
-	sess.entry.Server().Close()
-	s.logEnd(sess)
+	sess.startRelay(relayRun{parker: s.parker, spawn: s.spawn}, func() {
+		if idleTimer != nil {
+			idleTimer.Stop()
+		}
+		s.observeEnd(sess)
+		sess.entry.Client().Close()
+		sess.entry.Server().Close()
+		s.logEnd(sess)
+		undo()
+	})
+}
+
+// spawn runs f in a goroutine that Serve waits for.
+func (s *Server) spawn(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
 }
 
 // refuseAtAccept answers a connection refused before it became a

@@ -32,6 +32,14 @@ type session struct {
 	buffers   *bufferPool
 	abortOnce sync.Once
 
+	// The relay (relay.go): its two directions and how it ends.
+	relayMu      sync.Mutex
+	dirs         [2]*direction
+	rr           relayRun
+	onEnd        func()
+	relayAborted bool
+	relayDone    bool
+
 	mu        sync.Mutex
 	endReason string
 }
