@@ -116,6 +116,13 @@ func (d *direction) wake() {
 	s.rr.spawn(d.run)
 }
 
+// aborted reports whether the relay was aborted.
+func (s *session) aborted() bool {
+	s.relayMu.Lock()
+	defer s.relayMu.Unlock()
+	return s.relayAborted
+}
+
 // endRelay runs onEnd once both directions ended.
 func (s *session) endRelay() {
 	s.relayMu.Lock()

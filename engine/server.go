@@ -757,8 +757,15 @@ func (s *Server) runRelay(sess *session, undo func()) {
 			idleTimer.Stop()
 		}
 		s.observeEnd(sess)
-		sess.entry.Client().Close()
-		sess.entry.Server().Close()
+		if sess.aborted() {
+			// The abort's RST, even if this end, run by the other
+			// direction, closes first.
+			abort(sess.entry.Client())
+			abort(sess.entry.Server())
+		} else {
+			sess.entry.Client().Close()
+			sess.entry.Server().Close()
+		}
 		s.logEnd(sess)
 		undo()
 	})
