@@ -533,7 +533,6 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	}
 	info := m.Info() // m aliases the buffer, which is released below
 	sess.entry.SetDestination(conn.AddrPort())
-	sess.log = sess.log.With("destination", conn.AddrPort().String())
 	sess.handshake = s.watchHandshake(ctx, sess.entry.Client())
 	if r := s.connect(ctx, sess, conn, bufp[n:got]); r != nil {
 		s.finishRefused(sess, r)
@@ -801,7 +800,7 @@ func (s *Server) finishRefused(sess *session, r *refusal) {
 		attrs = append(attrs, "code", int(r.code), "error", r.code.String())
 	}
 	if extra, ok := s.refusalLogAttrs(); ok {
-		sess.log.Info("refused", append(attrs, extra...)...)
+		sess.logger().Info("refused", append(attrs, extra...)...)
 	}
 	if r.action == tlv.ActionReply {
 		closeWithError(sess.entry.Client(), r.reply, s.cfg.DrainTimeout)
@@ -812,7 +811,7 @@ func (s *Server) finishRefused(sess *session, r *refusal) {
 
 func (s *Server) finishInfo(sess *session) {
 	s.stats.infoOnly.Add(1)
-	sess.log.Info("info answered")
+	sess.logger().Info("info answered")
 	closeWithError(sess.entry.Client(), infoReply(s.cfg.SupportedKinds), s.cfg.DrainTimeout)
 }
 
@@ -823,7 +822,7 @@ func (s *Server) logEnd(sess *session) {
 		attrs = append(attrs, "original_destination", o.String())
 	}
 	toServer, toClient := e.Bytes()
-	sess.log.With(attrs...).Info("session end",
+	sess.logger().With(attrs...).Info("session end",
 		"bytes_to_server", toServer,
 		"bytes_to_client", toClient,
 		"duration_ms", time.Since(e.Start()).Milliseconds(),
@@ -850,9 +849,9 @@ func (s *Server) newSession(c *net.TCPConn) *session {
 	s.stats.accepted(sess)
 	var err error
 	sess.entry, err = s.register(a)
-	sess.log = s.log.With("session", a.ID, "client", sess.entry.ClientAddr().String(), "mptcp", sess.mptcp)
+	sess.baseLog = s.log
 	if err != nil {
-		sess.log.Debug("not in the session table", "error", err.Error())
+		sess.logger().Debug("not in the session table", "error", err.Error())
 	}
 	return sess
 }
@@ -880,7 +879,7 @@ func (s *Server) steerJoins(sess *session) func() {
 		return nil
 	}
 	if err := s.cfg.Joins.AddToken(token); err != nil {
-		sess.log.Warn("token not steerable", "error", err.Error())
+		sess.logger().Warn("token not steerable", "error", err.Error())
 		return nil
 	}
 	return func() { s.cfg.Joins.RemoveToken(token) }

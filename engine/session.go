@@ -24,7 +24,7 @@ type session struct {
 	synData    bool            // the Convert message came in the SYN
 	handshake  *handshakeWatch // the client's handshake, watched from admission on
 	unverified atomic.Bool     // the client never completed its handshake
-	log        *slog.Logger
+	baseLog    *slog.Logger    // the Server's; see logger
 
 	synAckOptions []byte // the Extended TCP Header's options for the reply
 
@@ -42,6 +42,16 @@ type session struct {
 
 	mu        sync.Mutex
 	endReason string
+}
+
+// logger is the session's logger, built when it logs (at its end, on a
+// refusal) rather than held by every idle session.
+func (s *session) logger() *slog.Logger {
+	l := s.baseLog.With("session", s.entry.ID(), "client", s.entry.ClientAddr().String(), "mptcp", s.mptcp)
+	if d := s.entry.Destination(); d.IsValid() {
+		l = l.With("destination", d.String())
+	}
+	return l
 }
 
 // setEndReason keeps the first reason given: it is the cause, later ones
