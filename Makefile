@@ -66,6 +66,8 @@ vet:
 # CI set, a missing capability fails instead of skipping).
 unit:
 	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) -C bench/chart vet ./...
+	$(GO) -C bench/chart test -count=1 ./...
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -78,9 +80,13 @@ fuzz:
 demo: deps build
 	BIN=$(BIN) scripts/demo.sh
 
-# bench: the side-by-side benchmark (direct route, HAProxy, converter).
+# bench: the side-by-side benchmark (direct route, HAProxy, converter), each
+# path in each direction, 3 interleaved rounds; writes bench/results/latest.json
+# and its chart bench/results/latest.svg (drawn by bench/chart, a module of
+# its own). BENCH_FLAGS goes to bench/run.sh, e.g. a short try:
+#   make bench BENCH_FLAGS="--rounds 1 --bytes 64M --duration 1s --idle-count 100 --out /tmp/bench"
 bench: deps build
-	BIN=$(BIN) bench/run.sh
+	BIN=$(BIN) bench/run.sh --no-build $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin

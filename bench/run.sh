@@ -9,20 +9,28 @@
 #                 namespace, 10.201.1.1:7000 -> server
 #   conv-tcp      `converter run` in the converter namespace, TCP client leg
 #   conv-mptcp    the same, MPTCP client leg over both client paths
-# each for throughput (--bytes per round, uploads and downloads: see
-# --direction) and for connection rate (--duration, --concurrency), then
-# prints medians and the ratios converter/direct, converter/HAProxy and
-# converter-MPTCP/direct-MPTCP, per direction.
-# Finally it opens --idle-count idle converted sessions through a fresh
-# converter and reports the converter's RSS growth per session.
+# each for throughput (--bytes per round; uploads, downloads and both at
+# once: see --direction) and for connection rate (--duration,
+# --concurrency). Finally it opens --idle-count idle converted sessions
+# through a fresh converter and measures the converter's RSS growth per
+# session.
+#
+# It writes --out/latest.json (every round's figures per path and
+# direction, their medians and spread, the ratios converter/direct,
+# converter/HAProxy and converter-MPTCP/direct-MPTCP per direction and for
+# the connection rate, the idle figures and every raw record) and
+# --out/latest.svg, the chart of it, both made by bench/chart (a Go module
+# of its own: `go -C bench/chart run . table -markdown "$PWD/bench/results/latest.json"`
+# prints the README's tables again), then prints the tables.
 #
 # Needs root, iproute2, jq and haproxy (installed with apt-get when
-# missing), and Go to build bin/converter. The lab is torn down on exit and
-# on interrupt. Every command is printed before it runs ("+ ...").
+# missing), and Go to build bin/converter and bench/chart. The lab is torn
+# down on exit and on interrupt. Every command is printed before it runs
+# ("+ ...").
 #
 #   sudo bench/run.sh                       # defaults: 3 rounds, 2G, 5s, 32
-#   sudo bench/run.sh --rounds 1 --bytes 256M --duration 2s --idle-count 1000
-#   sudo bench/run.sh --direction both      # both ways at once on each stream
+#   sudo bench/run.sh --rounds 1 --bytes 256M --duration 2s --idle-count 1000 --out /tmp/smoke
+#   sudo bench/run.sh --direction both      # both ways at once on each stream only
 set -euo pipefail
 
 ROUNDS=3
@@ -35,6 +43,7 @@ IDLE_COUNT=10000
 IDLE_HOLD=10s
 PREFIX=cvbench
 BUILD=1
+OUT=
 
 usage() {
 	cat <<EOF
@@ -43,12 +52,13 @@ usage: $0 [options]
   --bytes SIZE        throughput: bytes per stream and round (default $BYTES)
   --streams N         throughput: parallel streams (default $STREAMS)
   --direction D       throughput: up (client to server), down (server to client),
-                      both (at once on each stream) or all (up and down runs; default $DIRECTION)
+                      both (at once on each stream) or all (a run of each; default $DIRECTION)
   --duration D        connection rate: duration of each run (default $DURATION)
   --concurrency N     connection rate: connections in flight (default $CONCURRENCY)
   --idle-count N      idle sessions for the memory measurement, 0 to skip (default $IDLE_COUNT)
   --idle-hold D       how long they are held (default $IDLE_HOLD)
   --prefix NAME       lab name; it must not exist yet (default $PREFIX)
+  --out DIR           where latest.json and latest.svg go (default bench/results)
   --no-build          use bin/converter as it is
 EOF
 }
@@ -64,6 +74,7 @@ while (($#)); do
 	--idle-count) IDLE_COUNT=$2; shift ;;
 	--idle-hold) IDLE_HOLD=$2; shift ;;
 	--prefix) PREFIX=$2; shift ;;
+	--out) OUT=$2; shift ;;
 	--no-build) BUILD=0 ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
@@ -73,19 +84,18 @@ done
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
-# The throughput directions to run, and the kind each is recorded as: up
-# keeps the kind "throughput" it always had.
+# The throughput directions to run.
 case $DIRECTION in
 up | down | both) DIRS=("$DIRECTION") ;;
-all) DIRS=(up down) ;;
+all) DIRS=(up down both) ;;
 *) usage >&2; exit 2 ;;
 esac
-declare -A KIND=([up]=throughput [down]=download [both]=both)
 # cmd prints a command, then runs it.
 cmd() { echo "+ $*" >&2; "$@"; }
 
 [[ $(id -u) == 0 ]] || die "needs root (network namespaces)"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$(realpath -m "${OUT:-$ROOT/bench/results}")
 cd "$ROOT"
 BIN=$ROOT/bin/converter
 CLI=$PREFIX-cli CONV=$PREFIX-conv SRV=$PREFIX-srv
@@ -129,6 +139,10 @@ echo
 
 if ((BUILD)); then CGO_ENABLED=0 cmd go build -o bin/converter ./cmd/converter; fi
 [[ -x $BIN ]] || die "$BIN missing"
+# The summary, chart and tables: a module of its own, for its plotting library.
+CHART=$WORK/chart
+cmd go -C bench/chart build -o "$CHART" .
+mkdir -p "$OUT"
 
 # The converter, HAProxy, the server and the generator all inherit this.
 # Raising the hard limit needs CAP_SYS_RESOURCE; without it, keep the
@@ -231,19 +245,22 @@ joins() { # NS: MPTcpExtMPJoinAckRx, without touching nstat's history
 }
 
 RESULTS=$WORK/results.jsonl
-# measure ROUND CASE KIND ARGS...: one generator run, recorded in RESULTS.
+# measure ROUND CASE MODE DIRECTION ARGS...: one generator run, recorded in
+# RESULTS with its round and case (a failed run as such, with its mode and
+# direction); DIRECTION is empty for connect runs.
 measure() {
-	local round=$1 case=$2 kind=$3 out j0=0 jn=null jns=${JOIN_NS[$2]:-}
-	shift 3
+	local round=$1 case=$2 mode=$3 dir=$4 out j0=0 jn=null jns=${JOIN_NS[$2]:-}
+	shift 4
 	[[ -z $jns ]] || j0=$(joins "$jns")
 	# shellcheck disable=SC2086 # FLAGS holds several words
-	if out=$(cmd timeout -k 5 600 ip netns exec "$CLI" "$BIN" bench ${FLAGS[$case]} "$@" --json "$SERVER"); then
+	if out=$(cmd timeout -k 5 600 ip netns exec "$CLI" "$BIN" bench ${FLAGS[$case]} --mode "$mode" ${dir:+--direction "$dir"} "$@" --json "$SERVER"); then
 		[[ -z $jns ]] || jn=$(($(joins "$jns") - j0))
-		jq -c --argjson round "$round" --arg case "$case" --arg kind "$kind" --argjson joins "$jn" \
-			'. + {round: $round, case: $case, kind: $kind, joins: $joins}' <<<"$out" | tee -a "$RESULTS"
+		jq -c --argjson round "$round" --arg case "$case" --argjson joins "$jn" \
+			'. + {round: $round, case: $case, joins: $joins}' <<<"$out" | tee -a "$RESULTS"
 	else
-		echo "run.sh: $case $kind failed in round $round" >&2
-		echo "{\"round\": $round, \"case\": \"$case\", \"kind\": \"$kind\", \"failed\": true}" >>"$RESULTS"
+		echo "run.sh: $case $mode $dir failed in round $round" >&2
+		jq -nc --argjson round "$round" --arg case "$case" --arg mode "$mode" --arg dir "$dir" \
+			'{round: $round, case: $case, mode: $mode, direction: $dir, failed: true}' >>"$RESULTS"
 	fi
 }
 
@@ -251,11 +268,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	echo "## round $r of $ROUNDS"
 	for d in "${DIRS[@]}"; do
 		for c in "${CASES[@]}"; do
-			measure "$r" "$c" "${KIND[$d]}" --mode throughput --direction "$d" --bytes "$BYTES" --streams "$STREAMS"
+			measure "$r" "$c" throughput "$d" --bytes "$BYTES" --streams "$STREAMS"
 		done
 	done
 	for c in "${CASES[@]}"; do
-		measure "$r" "$c" connect --mode connect --duration "$DURATION" --concurrency "$CONCURRENCY"
+		measure "$r" "$c" connect "" --duration "$DURATION" --concurrency "$CONCURRENCY"
 	done
 done
 echo "TIME_WAIT sockets: client $(ip netns exec "$CLI" ss -Htan state time-wait | wc -l)," \
@@ -279,7 +296,7 @@ if ((IDLE_COUNT > 0)); then
 	start idle "$CLI" "$BIN" bench --mode idle --via "$CONVERTER" --count "$IDLE_COUNT" --hold "$IDLE_HOLD" --json "$SERVER"
 	IDLE_PID=$PID
 	for ((i = 0; i < 1200; i++)); do
-		grep -q holding "$WORK/idle.log" && break
+		grep -qs holding "$WORK/idle.log" && break
 		kill -0 "$IDLE_PID" 2>/dev/null || break
 		sleep 0.1
 	done
@@ -290,80 +307,44 @@ if ((IDLE_COUNT > 0)); then
 	wait "$IDLE_PID" || die "bench --mode idle failed: $(cat "$WORK/idle.log")"
 	idle=$(grep '^{' "$WORK/idle.log")
 	echo "$idle"
-	IDLE_LINE=$(jq -r --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson fd0 "$fd0" --argjson fd1 "$fd1" '
-		"idle sessions: \(.connections) open (\(.errors) errors, \(.alive) alive after the hold, MPTCP client leg);" +
-		" converter RSS \($rss0) KiB -> \($rss1) KiB: " +
-		"\(if .connections > 0 then ($rss1 - $rss0) / .connections * 100 | round / 100 else "n/a" end) KiB per session;" +
-		" fds \($fd0) -> \($fd1) (\(if .connections > 0 then ($fd1 - $fd0) / .connections * 100 | round / 100 else "n/a" end) per session)"' <<<"$idle")
+	# The idle figures, for latest.json and the last line of the output.
+	jq --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson fd0 "$fd0" --argjson fd1 "$fd1" '
+		def per(a; b): if .connections > 0 then (b - a) / .connections * 100 | round / 100 else null end;
+		{connections, errors, alive, hold_seconds, transport,
+		 rss_kib_before: $rss0, rss_kib_after: $rss1, kib_per_session: per($rss0; $rss1),
+		 fds_before: $fd0, fds_after: $fd1, fds_per_session: per($fd0; $fd1)}' <<<"$idle" >"$WORK/idle.json"
+	IDLE_LINE=$(jq -r '
+		"idle sessions: \(.connections) open (\(.errors) errors, \(.alive) alive after the hold, \(.transport) client leg);" +
+		" converter RSS \(.rss_kib_before) KiB -> \(.rss_kib_after) KiB: \(.kib_per_session // "n/a") KiB per session;" +
+		" fds \(.fds_before) -> \(.fds_after) (\(.fds_per_session // "n/a") per session)"' "$WORK/idle.json")
 fi
 
+# latest.json, its chart and its tables; written beside, then renamed, so
+# that a failed run leaves the last results as they were.
+jq -n --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg kernel "$(uname -r)" --argjson cpus "$(nproc)" \
+	--arg go "$(go version 2>/dev/null || echo none)" --arg haproxy "$(haproxy -v | head -1)" \
+	--arg source "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
+	--argjson rounds "$ROUNDS" --arg bytes "$BYTES" --argjson streams "$STREAMS" \
+	--arg duration "$DURATION" --argjson concurrency "$CONCURRENCY" --arg dirs "${DIRS[*]}" \
+	'{date: $date, kernel: $kernel, cpus: $cpus, go: $go, haproxy: $haproxy, source: $source,
+	  rounds: $rounds, bytes: $bytes, streams: $streams, directions: ($dirs | split(" ")),
+	  duration: $duration, concurrency: $concurrency}' >"$WORK/meta.json"
+IDLE_ARGS=()
+[[ ! -f $WORK/idle.json ]] || IDLE_ARGS=(-idle "$WORK/idle.json")
+cmd "$CHART" summarize -meta "$WORK/meta.json" "${IDLE_ARGS[@]}" "$RESULTS" >"$OUT/.latest.json"
+cmd "$CHART" draw "$OUT/.latest.json" "$OUT/.latest.svg"
+mv "$OUT/.latest.json" "$OUT/latest.json"
+mv "$OUT/.latest.svg" "$OUT/latest.svg"
+# Under sudo, leave the results to the user who ran it.
+[[ -z ${SUDO_UID:-} ]] || chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$OUT/latest.json" "$OUT/latest.svg"
+
 echo
-echo "## summary: medians of $ROUNDS round(s), $(date -u +%Y-%m-%dT%H:%M:%SZ), kernel $(uname -r)"
-# The throughput views besides uploads: each a table of medians and a
-# ratio column. The up table and ratio lines above them are as they were.
-KINDS=$(for d in "${DIRS[@]}"; do echo "${KIND[$d]}"; done | jq -R . | jq -s .)
-jq -rs --argjson cases "$(printf '%s\n' "${CASES[@]}" | jq -R . | jq -s .)" --argjson kinds "$KINDS" '
-	def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-	def f(d): if . == null then "-" else (. * pow(10; d) | round / pow(10; d) | tostring) end;
-	def ratio(a; b): if a == null or b == null or b == 0 then "-" else (a / b) | f(2) end;
-	# rate($get): the bits per second of a throughput record: the whole run, or one direction.
-	def rate($get): if $get == "all" then .bits_per_second else .[$get].bits_per_second end;
-	. as $all
-	# runs($c; $k): the records of case $c and kind $k that did not fail.
-	| def runs($c; $k): [$all[] | select(.case == $c and .kind == $k and (.failed | not))];
-	# tput($c; $k; $get): the throughput columns of case $c.
-	def tput($c; $k; $get): {
-		gbps: (runs($c; $k) | map(rate($get) / 1e9) | median),
-		gbps_all: (runs($c; $k) | map(rate($get) / 1e9 | f(1)) | join(" ")),
-		subflows: (runs($c; $k) | map(.subflows | select(. != null)) | median),
-		joins: (runs($c; $k) | map(.joins | select(. != null)) | median)
-	};
-	def ratios(by): [
-		["converter-tcp / direct-tcp", "conv-tcp", "direct-tcp"],
-		["converter-tcp / haproxy", "conv-tcp", "haproxy"],
-		["converter-mptcp / direct-mptcp", "conv-mptcp", "direct-mptcp"]
-	][] as [$name, $a, $b] | [$name, (by[] | ratio(.[$a].gbps; .[$b].gbps))];
-	[$cases[] as $c | {
-		case: $c,
-		cps: (runs($c; "connect") | map(.connections_per_second) | median),
-		cps_all: (runs($c; "connect") | map(.connections_per_second | f(0)) | join(" ")),
-		p50: (runs($c; "connect") | map(.latency_us.p50) | median),
-		p99: (runs($c; "connect") | map(.latency_us.p99) | median),
-		errors: (runs($c; "connect") | map(.errors) | add),
-		failed: ([$all[] | select(.case == $c and (.kind == "throughput" or .kind == "connect") and .failed)] | length)
-	} + tput($c; "throughput"; "all")] as $rows
-	| ($rows | map({(.case): .}) | add) as $by
-	| [
-		{name: "download", title: "download (server to client), --direction down:", kind: "download", get: "all"},
-		{name: "both up", title: "both ways at once, --direction both: up", kind: "both", get: "up"},
-		{name: "both down", title: "both ways at once, --direction both: down", kind: "both", get: "down"}
-	  | select(.kind as $k | any($kinds[]; . == $k))
-	  | . as $v
-	  | .rows = [$cases[] as $c | {case: $c,
-		failed: ([$all[] | select(.case == $c and .kind == $v.kind and .failed)] | length)} + tput($c; $v.kind; $v.get)]
-	  | .by = (.rows | map({(.case): .}) | add)
-	] as $views
-	| (["case", "Gbit/s", "rounds", "subflows", "joins", "conn/s", "rounds", "p50 us", "p99 us", "errors", "failed"] | @tsv),
-	  ($rows[] | [.case, (.gbps | f(2)), .gbps_all, (.subflows | f(0)), (.joins | f(0)), (.cps | f(0)), .cps_all, (.p50 | f(0)), (.p99 | f(0)), (.errors | f(0)), .failed] | @tsv),
-	  "",
-	  (["ratio", "throughput", "conn/s"] | @tsv),
-	  (["converter-tcp / direct-tcp", ratio($by["conv-tcp"].gbps; $by["direct-tcp"].gbps), ratio($by["conv-tcp"].cps; $by["direct-tcp"].cps)] | @tsv),
-	  (["converter-tcp / haproxy", ratio($by["conv-tcp"].gbps; $by["haproxy"].gbps), ratio($by["conv-tcp"].cps; $by["haproxy"].cps)] | @tsv),
-	  (["converter-mptcp / direct-mptcp", ratio($by["conv-mptcp"].gbps; $by["direct-mptcp"].gbps), ratio($by["conv-mptcp"].cps; $by["direct-mptcp"].cps)] | @tsv),
-	  ($views[] | "", .title,
-		(["case", "Gbit/s", "rounds", "subflows", "joins", "failed"] | @tsv),
-		(.rows[] | [.case, (.gbps | f(2)), .gbps_all, (.subflows | f(0)), (.joins | f(0)), .failed] | @tsv)),
-	  (if $views == [] then empty else
-		"", (["ratio"] + [$views[].name] | @tsv), (ratios([$views[].by]) | @tsv)
-	  end)
-' "$RESULTS" | awk -F'\t' '
-	NF <= 1 { print; next }
-	NF == 2 { printf "%-32s %12s\n", $1, $2; next }
-	NF == 3 { printf "%-32s %12s %10s\n", $1, $2, $3; next }
-	NF == 6 { printf "%-13s %7s %-17s %8s %5s %6s\n", $1, $2, $3, $4, $5, $6; next }
-	{ printf "%-13s %7s %-17s %8s %5s %8s %-20s %7s %7s %6s %6s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }'
+echo "## summary: medians of $ROUNDS round(s) (in parentheses: the lowest and highest round), $(date -u +%Y-%m-%dT%H:%M:%SZ), kernel $(uname -r)"
+"$CHART" table "$OUT/latest.json"
 echo
+echo "throughput: Gbit/s of each run; both: the bytes of both ways over the time of the longer."
+echo "ratios: of the medians; in parentheses, the lowest and highest ratio within one round."
 echo "subflows: the generator socket's MPTCP_INFO subflow count at the end of each transfer (median);"
 echo "joins: MPTcpExtMPJoinAckRx during the throughput run, in the namespace that accepts the joins."
-echo "throughput, the first table: uploads (client to server); the other tables: the other directions run."
 [[ -z $IDLE_LINE ]] || echo "$IDLE_LINE"
+echo "written: $OUT/latest.json, $OUT/latest.svg"
