@@ -29,38 +29,10 @@ while (($#)); do
 	esac
 	shift
 done
-cmd() { echo "+ $*" >&2; "$@"; }
-[[ $(id -u) == 0 ]] || { echo "needs root" >&2; exit 1; }
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-BIN=$ROOT/bin/converter
-CLI=$PREFIX-cli CONV_NS=$PREFIX-conv SRV=$PREFIX-srv
-SERVER=10.201.3.2:7000 CONVERTER=10.201.1.1:5124
-WORK=$(mktemp -d /tmp/converter-scrape.XXXXXX)
+WORK_NAME=scrape TOOLS="jq curl"
+# shellcheck source=bench/lab.sh
+. "$(dirname "$0")/lab.sh"
 CTL=$WORK/control.sock
-PIDS=()
-cleanup() {
-	set +e
-	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
-	"$BIN" lab down --prefix "$PREFIX" >/dev/null 2>&1
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-for tool in jq curl; do
-	command -v $tool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $tool >/dev/null; }
-done
-CGO_ENABLED=0 cmd go build -o bin/converter ./cmd/converter
-cmd "$BIN" lab up --prefix "$PREFIX" >/dev/null
-wait_listen() { # NS PORT
-	for ((i = 0; i < 200; i++)); do
-		[[ -n $(ip netns exec "$1" ss -Hltn "sport = :$2") ]] && return 0
-		sleep 0.05
-	done
-	echo "nothing listens on $2 in $1" >&2; exit 1
-}
-ip netns exec "$SRV" "$BIN" bench --serve "$SERVER" >"$WORK/server.log" 2>&1 &
-PIDS+=($!)
-wait_listen "$SRV" 7000
 ip netns exec "$CONV_NS" "$BIN" run --listen "[::]:5124" --log-level warn \
 	--allow-destinations 10.201.3.2/32 --rate-per-client 0 --max-sessions-per-client 100000 \
 	--control "$CTL" >"$WORK/conv.log" 2>&1 &
