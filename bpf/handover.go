@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -97,7 +98,7 @@ func inheritMaps(spec *ebpf.CollectionSpec, in []Object, names ...string) (map[s
 			continue
 		}
 		ms, ok := spec.Maps[o.Map]
-		if !ok || !contains(names, o.Map) {
+		if !ok || !slices.Contains(names, o.Map) {
 			return fail(fmt.Errorf("inherited map %q: not a map this program shares", o.Map))
 		}
 		d, err := dupOf(o.File)
@@ -116,15 +117,6 @@ func inheritMaps(spec *ebpf.CollectionSpec, in []Object, names ...string) (map[s
 		out[o.Map] = m
 	}
 	return out, nil
-}
-
-func contains(names []string, name string) bool {
-	for _, n := range names {
-		if n == name {
-			return true
-		}
-	}
-	return false
 }
 
 // closeMaps closes the inherited maps once the collection holds its own

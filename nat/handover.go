@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 )
 
 // HandedBlock is a port block passed to a successor process on an
@@ -116,7 +115,7 @@ func (p *Pool) Adopt(blocks []HandedBlock) (release func(), err error) {
 	if p.st.BlockAllocations > 0 {
 		return nil, errors.New("nat: adopt into a pool in use")
 	}
-	taken := map[*extAddr][]uint16{}
+	highest := map[*extAddr]int{} // the highest block index taken, per address
 	type adopted struct {
 		b    *block
 		busy []uint16
@@ -130,10 +129,12 @@ func (p *Pool) Adopt(blocks []HandedBlock) (release func(), err error) {
 		}
 		rel := int(hb.First) - int(p.portMin)
 		idx := rel / int(p.blockSize)
-		if rel < 0 || rel%int(p.blockSize) != 0 || idx >= p.nBlocks || slices.Contains(taken[ext], uint16(idx)) {
+		if rel < 0 || rel%int(p.blockSize) != 0 || idx >= p.nBlocks || ext.blocks != nil && ext.blocks[idx] != nil {
 			return nil, fmt.Errorf("nat: handed block %v:%d does not fit this pool's blocks (port block size or range changed?)", hb.External, hb.First)
 		}
-		taken[ext] = append(taken[ext], uint16(idx))
+		if hi, ok := highest[ext]; !ok || idx > hi {
+			highest[ext] = idx
+		}
 		if ext.blocks == nil {
 			ext.blocks = make([]*block, p.nBlocks)
 		}
@@ -159,11 +160,16 @@ func (p *Pool) Adopt(blocks []HandedBlock) (release func(), err error) {
 		b.owner = c
 		c.blocks = append(c.blocks, b)
 		var busy []uint16
+		for _, port := range hb.Busy {
+			off := port - hb.First
+			if port < hb.First || off >= p.blockSize || b.inUse[off>>6]&(1<<(off&63)) != 0 {
+				continue // outside the block, or listed twice
+			}
+			b.inUse[off>>6] |= 1 << (off & 63)
+			busy = append(busy, port)
+		}
 		for off := range p.blockSize {
-			if slices.Contains(hb.Busy, hb.First+off) {
-				b.inUse[off>>6] |= 1 << (off & 63)
-				busy = append(busy, hb.First+off)
-			} else {
+			if b.inUse[off>>6]&(1<<(off&63)) == 0 {
 				b.free = append(b.free, off)
 			}
 		}
@@ -172,10 +178,9 @@ func (p *Pool) Adopt(blocks []HandedBlock) (release func(), err error) {
 		p.used += len(busy)
 		owned = append(owned, adopted{b, busy})
 	}
-	for ext, idxs := range taken {
-		hi := int(slices.Max(idxs))
+	for ext, hi := range highest {
 		for i := ext.nextFresh; i <= hi; i++ {
-			if !slices.Contains(idxs, uint16(i)) {
+			if ext.blocks[i] == nil {
 				ext.freeIdx = append(ext.freeIdx, uint16(i))
 			}
 		}
