@@ -16,16 +16,20 @@ import (
 func main() {
 	// Threads that exist before the drop must lose their capabilities
 	// too: start some and keep them busy.
-	var wg sync.WaitGroup
+	var wg, locked sync.WaitGroup
 	stop := make(chan struct{})
 	for range 4 {
 		wg.Add(1)
+		locked.Add(1)
 		go func() {
 			defer wg.Done()
 			runtime.LockOSThread()
+			locked.Done()
 			<-stop
 		}()
 	}
+	// Each on a thread of its own before the drop: the test counts them.
+	locked.Wait()
 	err := privdrop.Drop([]int{privdrop.CapNetAdmin, privdrop.CapNetBindService}, os.Getenv("PRIVDROP_USER"))
 	threads, terr := privdrop.Threads()
 	close(stop)
