@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# bench/run.sh: measure the converter against plain routing and HAProxy on
-# one namespace lab, with one load generator (`converter bench`).
+# bench/run.sh: measure the converter against plain routing, HAProxy and a
+# minimal Go relay on one namespace lab, with one load generator
+# (`converter bench`).
 #
 # In one run, on the same lab, it runs interleaved rounds of:
 #   direct-tcp    client -> server, routed by the converter namespace, TCP
 #   direct-mptcp  the same, MPTCP end to end over both client paths
 #   haproxy       HAProxy (TCP mode, option splice-auto) in the converter
 #                 namespace, 10.201.1.1:7000 -> server
+#   min-tcp       bench/minrelay in the converter namespace, 10.201.1.1:5125 ->
+#                 server: the converter's sockets (MPTCP listener, Convert
+#                 message and first bytes in the SYN, TFO to the server) and
+#                 no Convert logic, the floor of a Go relay on this path
+#   min-mptcp     the same, MPTCP client leg over both client paths
 #   conv-tcp      `converter run` in the converter namespace, TCP client leg
 #   conv-mptcp    the same, MPTCP client leg over both client paths
 # each for throughput (--bytes per round; uploads, downloads and both at
@@ -17,16 +23,17 @@
 #
 # It writes --out/latest.json (every round's figures per path and
 # direction, their medians and spread, the ratios converter/direct,
-# converter/HAProxy and converter-MPTCP/direct-MPTCP per direction and for
-# the connection rate, the idle figures and every raw record) and
+# converter/HAProxy, converter-MPTCP/direct-MPTCP, converter/minimal relay
+# (TCP and MPTCP legs) and minimal relay/HAProxy per direction and for the
+# connection rate, the idle figures and every raw record) and
 # --out/latest.svg, the chart of it, both made by bench/chart (a Go module
 # of its own: `go -C bench/chart run . table -markdown "$PWD/bench/results/latest.json"`
 # prints the README's tables again), then prints the tables.
 #
 # Needs root, iproute2, jq and haproxy (installed with apt-get when
-# missing), and Go to build bin/converter and bench/chart. The lab is torn
-# down on exit and on interrupt. Every command is printed before it runs
-# ("+ ...").
+# missing), and Go to build bin/converter, bench/minrelay and bench/chart.
+# The lab is torn down on exit and on interrupt. Every command is printed
+# before it runs ("+ ...").
 #
 #   sudo bench/run.sh                       # defaults: 3 rounds, 2G, 5s, 32
 #   sudo bench/run.sh --rounds 1 --bytes 256M --duration 2s --idle-count 1000 --out /tmp/smoke
@@ -102,6 +109,7 @@ CLI=$PREFIX-cli CONV=$PREFIX-conv SRV=$PREFIX-srv
 SERVER=10.201.3.2:7000      # bench --serve, in the server namespace
 PROXY=10.201.1.1:7000       # HAProxy, in the converter namespace
 CONVERTER=10.201.1.1:5124   # converter run, in the converter namespace
+MINRELAY=10.201.1.1:5125    # bench/minrelay, in the converter namespace
 WORK=$(mktemp -d /tmp/converter-bench.XXXXXX)
 PIDS=()
 LAB_UP=0
@@ -139,12 +147,16 @@ echo
 
 if ((BUILD)); then CGO_ENABLED=0 cmd go build -o bin/converter ./cmd/converter; fi
 [[ -x $BIN ]] || die "$BIN missing"
+# The minimal relay lives in $WORK only: built on every run, --no-build or not.
+MINRELAY_BIN=$WORK/minrelay
+CGO_ENABLED=0 cmd go build -o "$MINRELAY_BIN" ./bench/minrelay
 # The summary, chart and tables: a module of its own, for its plotting library.
 CHART=$WORK/chart
 cmd go -C bench/chart build -o "$CHART" .
 mkdir -p "$OUT"
 
-# The converter, HAProxy, the server and the generator all inherit this.
+# The converter, HAProxy, the minimal relay, the server and the generator
+# all inherit this.
 # Raising the hard limit needs CAP_SYS_RESOURCE; without it, keep the
 # hard limit and open fewer idle sessions. An idle session holds 2 sockets
 # and up to 2 splice pipes of 2 fds each in the converter (4 fds were
@@ -228,17 +240,24 @@ start converter "$CONV" "$BIN" run "${CONVERTER_FLAGS[@]}"
 CONVERTER_PID=$PID
 wait_listen "$CONV" 5124 converter
 
+# The minimal relay: the converter's sockets, one fixed server like
+# HAProxy's, on the converter's addresses (port 5125).
+start minrelay "$CONV" "$MINRELAY_BIN" -listen "[::]:${MINRELAY##*:}" -server "$SERVER"
+wait_listen "$CONV" "${MINRELAY##*:}" minrelay
+
 # The cases: a name, then the generator's route flags.
-CASES=(direct-tcp direct-mptcp haproxy conv-tcp conv-mptcp)
+CASES=(direct-tcp direct-mptcp haproxy min-tcp min-mptcp conv-tcp conv-mptcp)
 declare -A FLAGS=(
 	[direct-tcp]="--mptcp=false"
 	[direct-mptcp]="--mptcp=true"
 	[haproxy]="--proxy $PROXY --mptcp=false"
+	[min-tcp]="--via $MINRELAY --mptcp=false"
+	[min-mptcp]="--via $MINRELAY --mptcp=true"
 	[conv-tcp]="--via $CONVERTER --mptcp=false"
 	[conv-mptcp]="--via $CONVERTER --mptcp=true"
 )
 # Where the MPTCP joins of a case land, for the nstat cross-check.
-declare -A JOIN_NS=([direct-mptcp]=$SRV [conv-mptcp]=$CONV)
+declare -A JOIN_NS=([direct-mptcp]=$SRV [min-mptcp]=$CONV [conv-mptcp]=$CONV)
 
 joins() { # NS: MPTcpExtMPJoinAckRx, without touching nstat's history
 	ip netns exec "$1" nstat -asz MPTcpExtMPJoinAckRx | awk '$1 == "MPTcpExtMPJoinAckRx" {print $2}'

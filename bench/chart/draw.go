@@ -20,12 +20,12 @@ import (
 
 // The chart's size and layout, in points.
 const (
-	chartWidth    = 900
-	chartHeight   = 800
+	chartWidth    = 1100
+	chartHeight   = 880
 	margin        = 12 // around the panels, and between them
 	headerHeight  = 48
 	topHeight     = 360
-	bottomSplit   = 0.42 // the share of the width for the connection rate
+	bottomSplit   = 0.48 // the share of the width for the connection rate
 	barWidth      = 22
 	labelFontSize = 8
 )
@@ -189,7 +189,8 @@ func connectPlot(s Summary) (*plot.Plot, error) {
 			continue
 		}
 		x := float64(len(names))
-		names = append(names, shortLabel(path.Name))
+		// On two lines: seven paths share the panel's width.
+		names = append(names, strings.Replace(shortLabel(path.Name), " ", "\n", 1))
 		if len(c.PerSecond.Rounds) == 0 {
 			vals = append(vals, 0)
 			labels.XYs = append(labels.XYs, plotter.XY{X: x, Y: 0})
@@ -206,7 +207,7 @@ func connectPlot(s Summary) (*plot.Plot, error) {
 		return p, nil
 	}
 	p.NominalX(names...)
-	bars, err := plotter.NewBarChart(vals, 2*barWidth)
+	bars, err := plotter.NewBarChart(vals, 1.5*barWidth)
 	if err != nil {
 		return nil, err
 	}
@@ -398,6 +399,10 @@ func shortLabel(name string) string {
 		return "direct MPTCP"
 	case "haproxy":
 		return "HAProxy"
+	case "min-tcp":
+		return "min. TCP"
+	case "min-mptcp":
+		return "min. MPTCP"
 	case "conv-tcp":
 		return "conv. TCP"
 	case "conv-mptcp":

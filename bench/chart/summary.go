@@ -20,6 +20,8 @@ var paths = []struct{ Name, Label string }{
 	{"direct-tcp", "direct TCP"},
 	{"direct-mptcp", "direct MPTCP"},
 	{"haproxy", "HAProxy"},
+	{"min-tcp", "minimal relay, TCP leg"},
+	{"min-mptcp", "minimal relay, MPTCP leg"},
 	{"conv-tcp", "converter, TCP leg"},
 	{"conv-mptcp", "converter, MPTCP leg"},
 }
@@ -29,11 +31,17 @@ var directions = []string{"up", "down", "both"}
 
 // The ratios the project tracks, in the order they are shown: a path
 // against its baseline, for every throughput direction and for the
-// connection rate.
+// connection rate. New ratios go at the end: latest.json's readers may
+// rely on the first ones.
 var trackedRatios = []struct{ Path, Baseline string }{
 	{"conv-tcp", "haproxy"},
 	{"conv-tcp", "direct-tcp"},
 	{"conv-mptcp", "direct-mptcp"},
+	// The converter against the floor, the minimal relay (bench/minrelay)
+	// on the same sockets, and the floor against HAProxy.
+	{"conv-tcp", "min-tcp"},
+	{"conv-mptcp", "min-mptcp"},
+	{"min-tcp", "haproxy"},
 }
 
 // Metrics a ratio compares.
