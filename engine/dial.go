@@ -84,7 +84,14 @@ func dialServer(ctx context.Context, dest, source netip.AddrPort, transparent, m
 			return nil, err
 		}
 	}
-	if err := sockinfo.WaitEstablished(ctx, conn); err != nil {
+	// A plain TCP leg's handshake end wakes its writers; MPTCP's wake-ups
+	// are not proven to, so it is polled.
+	if mptcp {
+		err = sockinfo.WaitEstablished(ctx, conn)
+	} else {
+		err = sockinfo.WaitConnected(ctx, conn)
+	}
+	if err != nil {
 		err = connectError(conn, err)
 		conn.Close()
 		return nil, err

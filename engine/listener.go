@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -17,6 +18,13 @@ import (
 // fastOpenQueue is the TFO queue length of each listener: how many
 // connections may hold SYN data before their handshake completes.
 const fastOpenQueue = 4096
+
+// Keepalive of the client legs, Go's defaults for accepted connections:
+// a dead idle client is found after 15 s + 9 x 15 s.
+const (
+	clientKeepAlive       = 15 * time.Second
+	clientKeepAliveProbes = 9
+)
 
 // tfoServerBit is the server bit of net.ipv4.tcp_fastopen: without it the
 // kernel refuses data in SYNs whatever the socket options say.
@@ -34,6 +42,12 @@ func listen(ctx context.Context, addr string, transparent bool) (*net.TCPListene
 		opts := []sockopt{
 			{unix.IPPROTO_TCP, unix.TCP_FASTOPEN, fastOpenQueue, "TCP_FASTOPEN"},
 			{unix.IPPROTO_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1, "TCP_FASTOPEN_NO_COOKIE"},
+			// Accepted sockets inherit keepalive from their listener:
+			// set once here, not four setsockopt calls per connection.
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(clientKeepAlive.Seconds()), "TCP_KEEPIDLE"},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(clientKeepAlive.Seconds()), "TCP_KEEPINTVL"},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, clientKeepAliveProbes, "TCP_KEEPCNT"},
 		}
 		if transparent {
 			if network == "tcp4" {
@@ -44,6 +58,7 @@ func listen(ctx context.Context, addr string, transparent bool) (*net.TCPListene
 		}
 		return setSockopts(c, opts)
 	}}
+	lc.KeepAlive = -1 // set on the listener above
 	lc.SetMultipathTCP(true)
 	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {

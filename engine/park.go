@@ -89,10 +89,14 @@ func (p *parker) forget(key uint64) {
 }
 
 // run waits for parked sources until ctx ends; wake resumes a direction
-// in a goroutine of its own.
-func (p *parker) run(ctx context.Context, wake func(*direction)) {
+// in a goroutine of its own. Between waits it lets trim (if any) return
+// the memory of sessions that just parked.
+func (p *parker) run(ctx context.Context, wake func(*direction), trim func(parked int)) {
 	events := make([]unix.EpollEvent, 128)
 	for ctx.Err() == nil {
+		if trim != nil {
+			trim(p.parkedCount())
+		}
 		n, err := unix.EpollWait(p.epfd, events, 200)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {

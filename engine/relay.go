@@ -44,7 +44,8 @@ type relayRun struct {
 }
 
 // startRelay moves bytes between the two legs until both directions
-// ended, then runs onEnd once. A clean end of one direction is passed on
+// ended, then runs onEnd once; it returns when the server-to-client
+// direction ended or parked. A clean end of one direction is passed on
 // as a half-close; a reset or an error on either leg aborts both.
 func (s *session) startRelay(rr relayRun, onEnd func()) {
 	s.relayMu.Lock()
@@ -66,9 +67,10 @@ func (s *session) startRelay(rr relayRun, onEnd func()) {
 		s.endRelay()
 		return
 	}
-	for _, d := range s.dirs {
-		rr.spawn(d.run)
-	}
+	// The calling goroutine (the session's, its stack already grown)
+	// runs the server's direction: one goroutine start fewer per session.
+	rr.spawn(s.dirs[0].run)
+	s.dirs[1].run()
 }
 
 // run pumps until the direction ends or parks.

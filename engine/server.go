@@ -57,6 +57,7 @@ type Server struct {
 	// parker holds the idle directions of relays (park.go); nil: none
 	// parks.
 	parker     *parker
+	trimmer    *trimmer      // with the parker: returns the memory of parked sessions
 	abortDrain chan struct{} // closed by Abort
 	abortOnce  sync.Once
 }
@@ -70,7 +71,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}), portListeners: make(map[uint16]*portListener), abortDrain: make(chan struct{}), buffers: newBufferPool(), routes: addrpolicy.NewRoutes(), clients: newClientTable(cfg), refusalLog: newLogLimiter(refusalLogRate, refusalLogBurst), timings: newTimings()}
 	s.handshakeBufs.New = func() any { return new([readBufLen]byte) }
 	if p, err := newParker(); err == nil {
-		s.parker = p
+		s.parker, s.trimmer = p, newTrimmer()
 	} else {
 		s.log.Warn("idle sessions keep their goroutines", "error", err.Error())
 	}
@@ -281,7 +282,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	parkCtx, stopParker := context.WithCancel(context.Background())
 	defer stopParker()
 	if p := s.parker; p != nil {
-		s.spawn(func() { p.run(parkCtx, (*direction).wake) })
+		t := s.trimmer
+		s.spawn(func() {
+			p.run(parkCtx, (*direction).wake, func(parked int) { t.tick(time.Now(), parked, s.spawn) })
+		})
 	}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
@@ -533,7 +537,7 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	}
 	info := m.Info() // m aliases the buffer, which is released below
 	sess.entry.SetDestination(conn.AddrPort())
-	sess.handshake = s.watchHandshake(ctx, sess.entry.Client())
+	sess.handshake = s.watchHandshake(sess.entry.Client())
 	if r := s.connect(ctx, sess, conn, bufp[n:got]); r != nil {
 		s.finishRefused(sess, r)
 		return
@@ -605,8 +609,10 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 		// No server-leg SYN before the client proved its address: the
 		// 0-RTT gain is traded for spoofing safety (preserve mode
 		// without ingress filtering).
-		<-sess.handshake.done
-		if sess.handshake.err != nil {
+		if err := sess.handshake.wait(ctx); err != nil {
+			if ctx.Err() != nil {
+				return &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
+			}
 			sess.unverified.Store(true)
 			s.stats.unverified.Add(1)
 			return &refusal{action: tlv.ActionAbort, reason: errUnverified.Error()}
@@ -728,8 +734,10 @@ func (s *Server) synAckOptions(server *net.TCPConn, dest netip.AddrPort) (opts [
 // socket written in SYN_RECV can stall forever on Linux) and writes the
 // reply in one write, before any server byte.
 func (s *Server) replyToClient(ctx context.Context, sess *session, reply []byte) error {
-	<-sess.handshake.done
-	if err := sess.handshake.err; err != nil {
+	if err := sess.handshake.wait(ctx); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
 		sess.unverified.Store(true)
 		s.stats.unverified.Add(1)
 		return fmt.Errorf("%w: %v", errUnverified, err)

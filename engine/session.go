@@ -150,6 +150,11 @@ type Stats struct {
 	Active     int64             `json:"active"`
 	// TransparentPorts is how many per-port listeners are open now.
 	TransparentPorts int `json:"transparent_ports"`
+	// ParkedDirections is how many relay directions wait without a
+	// goroutine (idle sessions park both); MemoryTrims how many times
+	// the memory they freed was returned to the kernel at once.
+	ParkedDirections int    `json:"parked_directions"`
+	MemoryTrims      uint64 `json:"memory_trims"`
 }
 
 // Stats returns the counters as they are now.
@@ -161,6 +166,10 @@ func (s *Server) Stats() Stats {
 		DialFailures: c.dialFailures.Load(), Resets: c.resets.Load(), Aborts: c.aborts.Load(),
 		SynAckMissed: c.synAckMissed.Load(), PortsCapped: c.portsCapped.Load(), Unverified: c.unverified.Load(),
 		Refused: map[string]uint64{}, Active: s.active.Load(), TransparentPorts: s.TransparentPorts(),
+	}
+	if s.parker != nil {
+		st.ParkedDirections = s.parker.parkedCount()
+		st.MemoryTrims = s.trimmer.trims.Load()
 	}
 	for i := range c.refused {
 		if n := c.refused[i].Load(); n > 0 {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/convert-tc/converter/sockinfo"
@@ -21,88 +23,112 @@ const unverifiedSynWindow = 900 * time.Millisecond
 // handshake: its source address was never proven.
 var errUnverified = errors.New("unverified: the client never completed its handshake")
 
-// handshakeWatch learns, once, whether the client completed its
-// handshake (its third ACK proves the source address).
+// handshakeWatch learns whether the client completed its handshake (its
+// third ACK proves the source address). It has no goroutine: it looks at
+// the socket when asked, and remembers the answer once there is one.
 type handshakeWatch struct {
-	done chan struct{}
-	err  error // set before done closes
+	// check looks once, without waiting: still running (false, nil),
+	// completed (true, nil) or failed (true, an error).
+	check    func() (bool, error)
+	deadline time.Time // the handshake timeout
+
+	mu    sync.Mutex
+	known bool
+	err   error
 }
 
-// watchHandshake starts watching the client's handshake, bounded by the
-// handshake timeout.
-func (s *Server) watchHandshake(ctx context.Context, c *net.TCPConn) *handshakeWatch {
-	w := &handshakeWatch{done: make(chan struct{})}
-	go func() {
-		wctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
-		defer cancel()
-		w.err = sockinfo.WaitEstablished(wctx, c)
-		close(w.done)
-	}()
-	return w
+// watchHandshake watches c's handshake, bounded by the handshake timeout.
+func (s *Server) watchHandshake(c *net.TCPConn) *handshakeWatch {
+	return &handshakeWatch{
+		check:    func() (bool, error) { return sockinfo.Established(c) },
+		deadline: time.Now().Add(s.cfg.HandshakeTimeout),
+	}
+}
+
+// result looks at the handshake unless its outcome is known: known is
+// false while it runs.
+func (w *handshakeWatch) result() (known bool, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.known {
+		if done, err := w.check(); done {
+			w.known, w.err = true, err
+		} else if !time.Now().Before(w.deadline) {
+			w.known, w.err = true, context.DeadlineExceeded
+		}
+	}
+	return w.known, w.err
 }
 
 // verified reports whether the client completed its handshake, without
 // waiting.
 func (w *handshakeWatch) verified() bool {
-	select {
-	case <-w.done:
-		return w.err == nil
-	default:
-		return false
+	known, err := w.result()
+	return known && err == nil
+}
+
+// Backoff bounds of wait: the third ACK usually comes within the
+// client's RTT, and by the time the server leg is up it mostly has.
+const (
+	minHandshakeBackoff = 50 * time.Microsecond
+	maxHandshakeBackoff = 5 * time.Millisecond
+)
+
+// wait returns the handshake's outcome once known: nil, its error, or
+// context.DeadlineExceeded at the handshake timeout; ctx.Err() if ctx
+// ends first. A passive socket gives no wake-up at its handshake's end
+// (a Fast Open child is writable in SYN_RECV), so this polls.
+func (w *handshakeWatch) wait(ctx context.Context) error {
+	delay := minHandshakeBackoff
+	var timer *time.Timer
+	for {
+		if known, err := w.result(); known {
+			if timer != nil {
+				timer.Stop()
+			}
+			return err
+		}
+		if timer == nil {
+			timer = time.NewTimer(delay)
+		} else {
+			timer.Reset(delay)
+		}
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+		}
+		delay = min(2*delay, maxHandshakeBackoff, max(time.Until(w.deadline), 0))
 	}
 }
 
 // dialVerified runs dial so that the server sees no more SYNs than the
 // client has sent: the first attempt goes at once (0-RTT), but if the
-// client has not completed its handshake within window the
-// attempt is abandoned before the kernel retransmits its SYN; a second
-// attempt follows only once the client has completed it (it then sent
-// its SYN again, or its third ACK came late). A client that never does
-// ends the session with errUnverified.
+// client has not completed its handshake within window the attempt is
+// abandoned before the kernel retransmits its SYN; a second attempt
+// follows only once the client has completed it (it then sent its SYN
+// again, or its third ACK came late). A client that never does ends the
+// session with errUnverified. The attempts run in the caller's goroutine.
 func dialVerified(ctx context.Context, w *handshakeWatch, window time.Duration, dial func(context.Context) (*net.TCPConn, error)) (*net.TCPConn, error) {
-	type result struct {
-		c   *net.TCPConn
-		err error
-	}
 	first, abandon := context.WithCancel(ctx)
 	defer abandon()
-	res := make(chan result, 1)
-	go func() {
-		c, err := dial(first)
-		res <- result{c, err}
-	}()
-	timer := time.NewTimer(window)
-	defer timer.Stop()
-	select {
-	case r := <-res:
-		return r.c, r.err
-	case <-w.done:
-		if w.err != nil {
+	var abandoned atomic.Bool
+	timer := time.AfterFunc(window, func() {
+		if !w.verified() {
+			abandoned.Store(true)
 			abandon()
-			r := <-res
-			if r.c != nil {
-				r.c.Close()
-			}
-			return nil, errUnverified
 		}
-		r := <-res // verified: the attempt runs its course
-		return r.c, r.err
-	case <-timer.C:
+	})
+	c, err := dial(first)
+	timer.Stop()
+	if !abandoned.Load() || err == nil { // done in time, or connected in the same instant
+		return c, err
 	}
-	if w.verified() {
-		r := <-res
-		return r.c, r.err
-	}
-	abandon()
-	if r := <-res; r.err == nil {
-		return r.c, nil // connected in the same instant
-	}
-	select {
-	case <-w.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if w.err != nil {
+	if werr := w.wait(ctx); werr != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, errUnverified
 	}
 	return dial(ctx)

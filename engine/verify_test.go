@@ -26,10 +26,18 @@ func (f *fakeDial) dial(ctx context.Context) (*net.TCPConn, error) {
 	}
 }
 
+// watchAfter is a handshake that ends after d with err.
 func watchAfter(d time.Duration, err error) *handshakeWatch {
-	w := &handshakeWatch{done: make(chan struct{})}
-	time.AfterFunc(d, func() { w.err = err; close(w.done) })
-	return w
+	at := time.Now().Add(d)
+	return &handshakeWatch{
+		check: func() (bool, error) {
+			if time.Now().Before(at) {
+				return false, nil
+			}
+			return true, err
+		},
+		deadline: time.Now().Add(time.Hour),
+	}
 }
 
 const testWindow = 50 * time.Millisecond
@@ -52,7 +60,7 @@ func TestDialVerifiedLateClient(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	w := watchAfter(2*testWindow, nil)
-	go func() { <-w.done; time.Sleep(10 * time.Millisecond); close(f.connect) }()
+	time.AfterFunc(2*testWindow+10*time.Millisecond, func() { close(f.connect) })
 	c, err := dialVerified(ctx, w, testWindow, f.dial)
 	if err != nil || c == nil {
 		t.Fatalf("late but verified client: %v", err)
@@ -82,5 +90,22 @@ func TestDialVerifiedZeroRTT(t *testing.T) {
 	c, err := dialVerified(context.Background(), watchAfter(time.Hour, nil), testWindow, f.dial)
 	if err != nil || c == nil || f.attempts.Load() != 1 {
 		t.Fatalf("0-RTT connect: %v, %d attempts", err, f.attempts.Load())
+	}
+}
+
+// A handshake that never ends is a timeout at the watch's deadline.
+func TestHandshakeWatchDeadline(t *testing.T) {
+	w := &handshakeWatch{check: func() (bool, error) { return false, nil }, deadline: time.Now().Add(30 * time.Millisecond)}
+	if w.verified() {
+		t.Fatal("verified before the handshake ended")
+	}
+	if err := w.wait(context.Background()); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait: %v, want the deadline", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	w2 := &handshakeWatch{check: func() (bool, error) { return false, nil }, deadline: time.Now().Add(time.Hour)}
+	if err := w2.wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("wait with a canceled context: %v", err)
 	}
 }

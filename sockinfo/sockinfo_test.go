@@ -636,3 +636,49 @@ func socket(t *testing.T, flags int) int {
 	t.Cleanup(func() { unix.Close(fd) })
 	return fd
 }
+
+// synSentConn is synSentSocket as a *net.TCPConn (in Go's netpoller).
+func synSentConn(t *testing.T) *net.TCPConn {
+	t.Helper()
+	f := synSentSocket(t).(*os.File)
+	c, err := net.FileConn(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+func TestWaitConnected(t *testing.T) {
+	client, _ := pair(t, "127.0.0.1:0", false, false)
+	if err := WaitConnected(t.Context(), client); err != nil {
+		t.Fatalf("established conn: %v", err)
+	}
+	// The wait leaves no deadline behind.
+	if err := client.SetWriteDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatalf("write after the wait: %v", err)
+	}
+
+	c := synSentConn(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Millisecond)
+	defer cancel()
+	if err := WaitConnected(ctx, c); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("SYN_SENT with a deadline: %v, want DeadlineExceeded", err)
+	}
+	ctx2, cancel2 := context.WithCancel(t.Context())
+	time.AfterFunc(20*time.Millisecond, cancel2)
+	if err := WaitConnected(ctx2, c); !errors.Is(err, context.Canceled) {
+		t.Fatalf("SYN_SENT, canceled: %v, want Canceled", err)
+	}
+}
+
+func TestWaitConnectedClosed(t *testing.T) {
+	client, _ := pair(t, "127.0.0.1:0", false, false)
+	client.Close()
+	if err := WaitConnected(t.Context(), client); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("closed conn: %v", err)
+	}
+}

@@ -3,8 +3,11 @@ package sockinfo
 import (
 	"context"
 	"fmt"
+	"net"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Backoff bounds of WaitEstablished: the third ACK usually arrives within
@@ -27,11 +30,7 @@ func WaitEstablished(ctx context.Context, c syscall.Conn) error {
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
 	for {
-		t, err := GetTCPInfo(c)
-		if err != nil {
-			return err
-		}
-		if done, err := handshakeDone(t.State); done {
+		if done, err := Established(c); done {
 			return err
 		}
 		timer.Reset(delay)
@@ -42,6 +41,70 @@ func WaitEstablished(ctx context.Context, c syscall.Conn) error {
 		}
 		delay = min(2*delay, maxWaitBackoff)
 	}
+}
+
+// Established looks once at c's handshake: still running (false, nil),
+// completed (true, nil), or the connection is dead (true, an error).
+func Established(c syscall.Conn) (bool, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return true, err
+	}
+	var done bool
+	var serr error
+	if err := rc.Control(func(fd uintptr) { done, serr = establishedFD(int(fd)) }); err != nil {
+		return true, err
+	}
+	return done, serr
+}
+
+// WaitConnected waits for c's active open to complete without polling:
+// an established socket wakes its writers (the SYN+ACK's state change),
+// so the wait is one netpoller round. It is for active plain TCP opens,
+// such as a connect whose data rode in the SYN (TCP_FASTOPEN_CONNECT),
+// which return before the handshake ends; passive and MPTCP sockets need
+// WaitEstablished (a passive Fast Open child is writable in SYN_RECV).
+func WaitConnected(ctx context.Context, c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	d, _ := ctx.Deadline() // zero: none, and no earlier wait's either
+	c.SetWriteDeadline(d)
+	// A cancel sets a past deadline; once it may have run, the socket's
+	// deadline is not ours to restore: the caller gets ctx's error and
+	// closes the socket.
+	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(aLongTimeAgo) })
+	var serr error
+	werr := rc.Write(func(fd uintptr) bool {
+		var done bool
+		done, serr = establishedFD(int(fd))
+		return done
+	})
+	if !stop() && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	c.SetWriteDeadline(time.Time{})
+	if werr != nil {
+		return werr
+	}
+	return serr
+}
+
+// aLongTimeAgo is a deadline in the past: it wakes a blocked wait at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// establishedFD reads the state alone (the first byte of struct tcp_info).
+func establishedFD(fd int) (bool, error) {
+	var buf [8]byte
+	n, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_INFO, buf[:])
+	if err != nil {
+		return true, fmt.Errorf("%s: %w", tcpInfoCall, err)
+	}
+	if n < 1 {
+		return true, fmt.Errorf("%s: empty answer", tcpInfoCall)
+	}
+	return handshakeDone(buf[0])
 }
 
 // handshakeDone classifies a TCP state for WaitEstablished: still

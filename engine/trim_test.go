@@ -1,0 +1,48 @@
+package engine
+
+import (
+	"testing"
+	"time"
+)
+
+// A trim follows a crowd of newly parked directions, at most once per
+// interval, and not for churn within a steady crowd.
+func TestTrimmer(t *testing.T) {
+	calls := 0
+	tr := &trimmer{free: func() { calls++ }}
+	now := time.Unix(1000, 0)
+	sync := func(f func()) { f() }
+	step := func(d time.Duration, parked int) {
+		now = now.Add(d)
+		tr.tick(now, parked, sync)
+	}
+	step(0, 10)
+	if calls != 0 {
+		t.Fatalf("trimmed for 10 parked directions")
+	}
+	step(200*time.Millisecond, 2000) // a crowd went idle
+	if calls != 1 {
+		t.Fatalf("%d trims after 2000 parked, want 1", calls)
+	}
+	step(200*time.Millisecond, 4000) // more, but too soon
+	if calls != 1 {
+		t.Fatalf("trimmed again within the interval")
+	}
+	step(time.Second, 4000) // due now: 2000 more than at the last trim
+	if calls != 2 {
+		t.Fatalf("%d trims, want 2", calls)
+	}
+	// Churn: 500 end and 500 others park, under a quarter of 4000.
+	step(2*time.Second, 3500)
+	step(2*time.Second, 4000)
+	if calls != 2 {
+		t.Fatalf("trimmed for churn in a steady crowd")
+	}
+	step(2*time.Second, 5100) // 1600 more than the low point: a quarter of 3500 is 875, the minimum 1024
+	if calls != 3 {
+		t.Fatalf("%d trims, want 3", calls)
+	}
+	if tr.trims.Load() != 3 {
+		t.Fatalf("trims counter %d", tr.trims.Load())
+	}
+}
