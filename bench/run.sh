@@ -158,13 +158,13 @@ mkdir -p "$OUT"
 # The converter, HAProxy, the minimal relay, the server and the generator
 # all inherit this.
 # Raising the hard limit needs CAP_SYS_RESOURCE; without it, keep the
-# hard limit and open fewer idle sessions. An idle session holds 2 sockets
-# and up to 2 splice pipes of 2 fds each in the converter (4 fds were
-# measured; 6 leaves room).
+# hard limit and open fewer idle sessions. An idle session holds its 2
+# sockets in the converter (parked, it keeps no splice pipe); 4 fds each
+# leaves room for the sessions still opening.
 cmd ulimit -n 65536 || cmd ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)
 echo "RLIMIT_NOFILE: $NOFILE"
-FDS_PER_IDLE=6
+FDS_PER_IDLE=4
 if ((IDLE_COUNT * FDS_PER_IDLE + 200 > NOFILE)); then
 	echo "note: $IDLE_COUNT idle sessions need about $((IDLE_COUNT * FDS_PER_IDLE)) fds in the converter;" \
 		"RLIMIT_NOFILE is $NOFILE, so the idle measurement opens $(((NOFILE - 200) / FDS_PER_IDLE))"
@@ -322,20 +322,41 @@ if ((IDLE_COUNT > 0)); then
 	grep -q holding "$WORK/idle.log" || { cat "$WORK/idle.log" >&2; die "the idle sessions did not open"; }
 	sleep 2 # let the last sessions settle
 	rss1=$(rss) fd1=$(fds)
+	# The kernel's side of the same sessions, in the converter's
+	# namespace: each socket's object (its slab's object size: TCP or
+	# TCPv6 for subflows and server legs, MPTCP or MPTCPv6 for the MPTCP
+	# sockets) plus what it holds in buffers (ss's skmem: receive, send,
+	# forward-allocated, queued and option memory).
+	kernel=$(ip netns exec "$CONV" ss -HtmnaM 2>/dev/null | awk -v slab="$(awk '$1 ~ /^(TCP|TCPv6|MPTCP|MPTCPv6)$/ {printf "%s=%s ", $1, $4}' /proc/slabinfo 2>/dev/null)" '
+		BEGIN { n = split(slab, kv, " "); for (i = 1; i <= n; i++) { split(kv[i], p, "="); size[p[1]] = p[2] } }
+		$1 == "tcp" || $1 == "mptcp" { net = $1; state = $2; v6 = ($4 ~ /^\[/); next }
+		/skmem:\(/ && state != "LISTEN" && state != "TIME-WAIT" {
+			match($0, /skmem:\([^)]*\)/); m = substr($0, RSTART + 6, RLENGTH - 7)
+			k = split(m, f, ","); for (i = 1; i <= k; i++) if (f[i] ~ /^(r|t|f|w|o)[0-9]+$/) buf += substr(f[i], 2)
+			socks++
+			obj += size[(net == "mptcp" ? "MPTCP" : "TCP") (v6 ? "v6" : "")]
+		}
+		END { printf "{\"sockets\": %d, \"buffer_bytes\": %d, \"object_bytes\": %d}", socks, buf, obj }')
+	echo "converter namespace kernel sockets: $kernel"
 	echo "converter during the hold: $(grep -E '^(VmRSS|VmHWM|Threads)' "/proc/$CONVERTER_PID/status" | tr -s ' \t\n' ' ')"
 	wait "$IDLE_PID" || die "bench --mode idle failed: $(cat "$WORK/idle.log")"
 	idle=$(grep '^{' "$WORK/idle.log")
 	echo "$idle"
 	# The idle figures, for latest.json and the last line of the output.
-	jq --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson fd0 "$fd0" --argjson fd1 "$fd1" '
+	jq --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson fd0 "$fd0" --argjson fd1 "$fd1" --argjson kernel "$kernel" '
 		def per(a; b): if .connections > 0 then (b - a) / .connections * 100 | round / 100 else null end;
 		{connections, errors, alive, hold_seconds, transport,
 		 rss_kib_before: $rss0, rss_kib_after: $rss1, kib_per_session: per($rss0; $rss1),
-		 fds_before: $fd0, fds_after: $fd1, fds_per_session: per($fd0; $fd1)}' <<<"$idle" >"$WORK/idle.json"
+		 fds_before: $fd0, fds_after: $fd1, fds_per_session: per($fd0; $fd1),
+		 kernel_sockets: $kernel.sockets, kernel_sockets_per_session: per(0; $kernel.sockets),
+		 kernel_kib_per_session: per(0; ($kernel.buffer_bytes + $kernel.object_bytes) / 1024),
+		 kernel_buffer_kib_per_session: per(0; $kernel.buffer_bytes / 1024)}' <<<"$idle" >"$WORK/idle.json"
 	IDLE_LINE=$(jq -r '
 		"idle sessions: \(.connections) open (\(.errors) errors, \(.alive) alive after the hold, \(.transport) client leg);" +
 		" converter RSS \(.rss_kib_before) KiB -> \(.rss_kib_after) KiB: \(.kib_per_session // "n/a") KiB per session;" +
-		" fds \(.fds_before) -> \(.fds_after) (\(.fds_per_session // "n/a") per session)"' "$WORK/idle.json")
+		" fds \(.fds_before) -> \(.fds_after) (\(.fds_per_session // "n/a") per session);" +
+		" kernel: \(.kernel_sockets_per_session // "n/a") sockets and \(.kernel_kib_per_session // "n/a") KiB per session" +
+		" (\(.kernel_buffer_kib_per_session // "n/a") KiB of it in buffers)"' "$WORK/idle.json")
 fi
 
 # latest.json, its chart and its tables; written beside, then renamed, so

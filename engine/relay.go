@@ -36,20 +36,22 @@ const (
 	dirEnded
 )
 
-// relayRun is what a relay needs of its Server: where to park and how to
-// start a tracked goroutine.
+// relayRun is what a relay needs of its Server: where to park, how to
+// start a tracked goroutine and what ends a session. One value per
+// Server: an idle session holds no closure of its own.
 type relayRun struct {
 	parker *parker // nil: never park
 	spawn  func(func())
+	end    func(*session) // once both directions ended
 }
 
 // startRelay moves bytes between the two legs until both directions
-// ended, then runs onEnd once; it returns when the server-to-client
+// ended, then runs rr.end once; it returns when the server-to-client
 // direction ended or parked. A clean end of one direction is passed on
 // as a half-close; a reset or an error on either leg aborts both.
-func (s *session) startRelay(rr relayRun, onEnd func()) {
+func (s *session) startRelay(rr relayRun) {
 	s.relayMu.Lock()
-	s.rr, s.onEnd = rr, onEnd
+	s.rr = rr
 	for i, from := range []sessions.Side{sessions.Client, sessions.Server} {
 		d := &direction{sess: s, from: from, src: s.entry.Client(), dst: s.entry.Server()}
 		if from == sessions.Server {
@@ -125,16 +127,16 @@ func (s *session) aborted() bool {
 	return s.relayAborted
 }
 
-// endRelay runs onEnd once both directions ended.
+// endRelay runs the relay's end once both directions ended.
 func (s *session) endRelay() {
 	s.relayMu.Lock()
-	done := s.onEnd != nil && !s.relayDone && s.dirs[0].state == dirEnded && s.dirs[1].state == dirEnded
+	done := s.rr.end != nil && !s.relayDone && s.dirs[0].state == dirEnded && s.dirs[1].state == dirEnded
 	if done {
 		s.relayDone = true
 	}
 	s.relayMu.Unlock()
 	if done {
-		s.onEnd()
+		s.rr.end(s)
 	}
 }
 

@@ -58,6 +58,7 @@ type Server struct {
 	// parks.
 	parker     *parker
 	trimmer    *trimmer      // with the parker: returns the memory of parked sessions
+	relay      relayRun      // what every session's relay needs of the Server
 	abortDrain chan struct{} // closed by Abort
 	abortOnce  sync.Once
 }
@@ -75,6 +76,7 @@ func New(cfg Config) (*Server, error) {
 	} else {
 		s.log.Warn("idle sessions keep their goroutines", "error", err.Error())
 	}
+	s.relay = relayRun{parker: s.parker, spawn: s.spawn, end: s.relayEnded}
 	pol := cfg.Policy()
 	s.policy.Store(&pol)
 	return s, nil
@@ -287,6 +289,9 @@ func (s *Server) Serve(ctx context.Context) error {
 			p.run(parkCtx, (*direction).wake, func(parked int) { t.tick(time.Now(), parked, s.spawn) })
 		})
 	}
+	if idle := s.cfg.IdleTimeout; idle > 0 {
+		s.spawn(func() { s.sweepIdle(parkCtx, idle) })
+	}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		// Counted like the sessions: an accept loop adds a session to
@@ -471,18 +476,7 @@ const readBufLen = 4096
 
 // serve runs one Client connection from accept to close.
 func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
-	// What a session undoes at its end, in reverse order: when serve
-	// returns, or, once the relay started, when the relay ends (a parked
-	// session has no goroutine to defer in).
-	var undo []func()
-	relayOwns := false
-	defer func() {
-		if !relayOwns {
-			runUndo(undo)
-		}
-	}()
 	s.active.Add(1)
-	undo = append(undo, func() { s.active.Add(-1) })
 	// The per-client limits come first, before anything is allocated
 	// for the connection.
 	key := s.clientKey(unmapAddrPort(c.RemoteAddr()).Addr())
@@ -490,22 +484,27 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	// takes only what comes after.
 	if s.draining.Load() && !s.handedOver.Load() {
 		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.pol().Backoff}, "draining: no new session"))
+		s.active.Add(-1)
 		return
 	}
 	if err := s.clients.arrive(key); err != nil {
 		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.pol().Backoff}, "%v", err))
+		s.active.Add(-1)
 		return
 	}
-	pendingHeld := true
-	undo = append(undo, func() { s.clients.leave(key, pendingHeld) })
 	sess := s.newSession(c)
-	undo = append(undo, func() { s.cfg.Table.Remove(sess.entry) })
+	sess.end.clientKey, sess.end.pending = key, true
 	s.track(sess)
-	undo = append(undo, func() { s.untrack(sess) })
-	undo = append(undo, func() { s.releaseMapping(sess) }) // both legs are closed by then
-	if untrack := s.steerJoins(sess); untrack != nil {
-		undo = append(undo, untrack)
-	}
+	// The session's end runs when serve returns, or, once the relay
+	// started, when the relay ends (a parked session has no goroutine to
+	// defer in).
+	relayOwns := false
+	defer func() {
+		if !relayOwns {
+			s.endSession(sess)
+		}
+	}()
+	s.steerJoins(sess)
 
 	// The handshake buffer goes back to the pool once the early bytes are
 	// with the server: an idle session should cost no buffer.
@@ -524,7 +523,7 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 		r = s.admit(&m, sess.entry.ClientAddr().Addr())
 	}
 	if _, isConnect := m.Connect(); r == nil && isConnect && s.cfg.Transparent && sess.mptcp {
-		undo = append(undo, s.acquirePort(sess.entry.Original().Port()))
+		sess.end.releasePort = s.acquirePort(sess.entry.Original().Port())
 	}
 	if r != nil {
 		s.finishRefused(sess, r)
@@ -552,18 +551,30 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 		return
 	}
 	s.clients.established(key)
-	pendingHeld = false
+	sess.end.pending = false
 	s.stats.converted.Add(1)
 	sess.entry.SetState(sessions.StateEstablished)
+	// What the reply needed is not kept by an idle session.
+	sess.handshake, sess.synAckOptions = nil, nil
 	relayOwns = true
-	s.runRelay(sess, func() { runUndo(undo) })
+	s.runRelay(sess)
 }
 
-// runUndo runs a session's undo list in reverse.
-func runUndo(undo []func()) {
-	for i := len(undo) - 1; i >= 0; i-- {
-		undo[i]()
+// endSession undoes a session's setup in reverse order, once both legs
+// are closed.
+func (s *Server) endSession(sess *session) {
+	e := &sess.end
+	if e.releasePort != nil {
+		e.releasePort()
 	}
+	if e.steered {
+		s.cfg.Joins.RemoveToken(e.joinToken)
+	}
+	s.releaseMapping(sess)
+	s.untrack(sess)
+	s.cfg.Table.Remove(sess.entry)
+	s.clients.leave(e.clientKey, e.pending)
+	s.active.Add(-1)
 }
 
 // readRequest reads until the Client's Convert message is complete, the
@@ -752,30 +763,26 @@ func (s *Server) replyToClient(ctx context.Context, sess *session, reply []byte)
 	return nil
 }
 
-func (s *Server) runRelay(sess *session, undo func()) {
-	var idleTimer *time.Timer
-	if idle := s.cfg.IdleTimeout; idle > 0 {
-		idleTimer = time.AfterFunc(idle, func() { sess.checkIdle(idle) })
-		sess.idleTimer = idleTimer
-	}
+func (s *Server) runRelay(sess *session) {
 	sess.entry.Touch()
-	sess.startRelay(relayRun{parker: s.parker, spawn: s.spawn}, func() {
-		if idleTimer != nil {
-			idleTimer.Stop()
-		}
-		s.observeEnd(sess)
-		if sess.aborted() {
-			// The abort's RST, even if this end, run by the other
-			// direction, closes first.
-			abort(sess.entry.Client())
-			abort(sess.entry.Server())
-		} else {
-			sess.entry.Client().Close()
-			sess.entry.Server().Close()
-		}
-		s.logEnd(sess)
-		undo()
-	})
+	sess.relaying.Store(true)
+	sess.startRelay(s.relay)
+}
+
+// relayEnded closes a session whose relay ended (relayRun.end).
+func (s *Server) relayEnded(sess *session) {
+	s.observeEnd(sess)
+	if sess.aborted() {
+		// The abort's RST, even if this end, run by the other
+		// direction, closes first.
+		abort(sess.entry.Client())
+		abort(sess.entry.Server())
+	} else {
+		sess.entry.Client().Close()
+		sess.entry.Server().Close()
+	}
+	s.logEnd(sess)
+	s.endSession(sess)
 }
 
 // spawn runs f in a goroutine that Serve waits for.
@@ -876,21 +883,21 @@ func (s *Server) register(a sessions.Accepted) (*sessions.Entry, error) {
 }
 
 // steerJoins puts the session's MPTCP token in the steering program's map
-// at once (the client's MP_JOIN may follow within an RTT) and returns the
-// function that takes it out.
-func (s *Server) steerJoins(sess *session) func() {
+// at once (the client's MP_JOIN may follow within an RTT); the session's
+// end takes it out.
+func (s *Server) steerJoins(sess *session) {
 	if s.cfg.Joins == nil {
-		return nil
+		return
 	}
 	token, ok := sess.entry.Token()
 	if !ok {
-		return nil
+		return
 	}
 	if err := s.cfg.Joins.AddToken(token); err != nil {
 		sess.logger().Warn("token not steerable", "error", err.Error())
-		return nil
+		return
 	}
-	return func() { s.cfg.Joins.RemoveToken(token) }
+	sess.end.joinToken, sess.end.steered = token, true
 }
 
 // Table returns the table of sessions in progress.

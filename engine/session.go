@@ -1,8 +1,10 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,15 +30,15 @@ type session struct {
 
 	synAckOptions []byte // the Extended TCP Header's options for the reply
 
-	idleTimer *time.Timer
 	buffers   *bufferPool
+	end       sessionEnd
+	relaying  atomic.Bool // the relay started: the idle sweep may end it
 	abortOnce sync.Once
 
 	// The relay (relay.go): its two directions and how it ends.
 	relayMu      sync.Mutex
 	dirs         [2]*direction
 	rr           relayRun
-	onEnd        func()
 	relayAborted bool
 	relayDone    bool
 
@@ -75,17 +77,54 @@ func (s *session) reason() string {
 
 var errIdle = errors.New("idle timeout")
 
-// checkIdle aborts the session when no byte moved for idle, or re-arms the
-// timer for the time left.
-func (s *session) checkIdle(idle time.Duration) {
-	since := time.Since(s.entry.LastActive())
-	if since >= idle {
-		if s.abortBoth(errIdle) {
-			s.stats.idle.Add(1)
+// sessionEnd is what a session's end undoes besides its legs (see
+// Server.endSession): fields rather than closures, since every idle
+// session holds it.
+type sessionEnd struct {
+	clientKey   netip.Prefix // its place in the client table
+	pending     bool         // still counted there as not yet relaying
+	steered     bool         // joinToken is in the steering program's map
+	joinToken   uint32
+	releasePort func() // its transparent per-port listener, if any
+}
+
+// idleSweeps is how many times per idle timeout the sessions are looked
+// at: an idle session ends between the timeout and an eighth more (at
+// most idleSweepMax more). One sweep, not a timer per session: an idle
+// session should hold no timer.
+const (
+	idleSweeps   = 8
+	idleSweepMax = 30 * time.Second
+)
+
+// sweepIdle aborts the relaying sessions in which no byte moved for idle,
+// until ctx ends.
+func (s *Server) sweepIdle(ctx context.Context, idle time.Duration) {
+	t := time.NewTicker(min(max(idle/idleSweeps, 10*time.Millisecond), idleSweepMax))
+	defer t.Stop()
+	var batch []*session
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
-		return
+		s.mu.Lock()
+		for sess := range s.sessions {
+			if sess.relaying.Load() {
+				batch = append(batch, sess)
+			}
+		}
+		s.mu.Unlock()
+		now := time.Now()
+		for _, sess := range batch {
+			if now.Sub(sess.entry.LastActive()) >= idle && sess.abortBoth(errIdle) {
+				s.stats.idle.Add(1)
+			}
+		}
+		clear(batch)
+		batch = batch[:0]
 	}
-	s.idleTimer.Reset(idle - since)
 }
 
 // counters are the converter's event counts.
