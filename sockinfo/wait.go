@@ -2,8 +2,10 @@ package sockinfo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -83,6 +85,9 @@ func WaitConnected(ctx context.Context, c *net.TCPConn) error {
 	})
 	if !stop() && ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if werr != nil && errors.Is(werr, os.ErrDeadlineExceeded) && !d.IsZero() && !time.Now().Before(d) {
+		return context.DeadlineExceeded // the socket's deadline, ctx's: ctx's error
 	}
 	c.SetWriteDeadline(time.Time{})
 	if werr != nil {
