@@ -230,11 +230,12 @@ echo "haproxy.cfg:" && sed 's/^/    /' "$WORK/haproxy.cfg"
 start haproxy "$CONV" haproxy -db -f "$WORK/haproxy.cfg"
 wait_listen "$CONV" 7000 haproxy
 
-# Session logs are info records: warn keeps logging out of the figures.
-# The lab's server has a private address, refused by default; the one
-# generator is one client, whose default per-client rate and session caps
-# would refuse most of a connect or idle run.
-CONVERTER_FLAGS=(--listen "[::]:5124" --log-level warn --allow-destinations "${SERVER%:*}/32"
+# The converter runs at its default log level: one record per session,
+# written to its log file, is part of what a connection costs. The lab's
+# server has a private address, refused by default; the one generator is
+# one client, whose default per-client rate and session caps would refuse
+# most of a connect or idle run.
+CONVERTER_FLAGS=(--listen "[::]:5124" --allow-destinations "${SERVER%:*}/32"
 	--rate-per-client 0 --max-sessions-per-client 100000)
 start converter "$CONV" "$BIN" run "${CONVERTER_FLAGS[@]}"
 CONVERTER_PID=$PID

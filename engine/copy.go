@@ -45,13 +45,15 @@ func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, moved func(n int64), 
 	}
 	var total int64
 	for {
-		if err := waitSource(src, rc, park); err != nil {
+		if readable(rc) == 0 { // bytes already there need no wait
+			if err := waitSource(src, rc, park); err != nil {
+				return total, err
+			}
+		}
+		room, err := writeRoom(wc, bufferedChunk)
+		if err != nil {
 			return total, err
 		}
-		if err := waitWritable(wc); err != nil {
-			return total, err
-		}
-		room := sendRoom(wc, bufferedChunk)
 		buf := pool.get()
 		n, rerr := src.Read((*buf)[:room])
 		if n > 0 {
@@ -76,13 +78,32 @@ func copyBuffered(dst, src *net.TCPConn, pool *bufferPool, moved func(n int64), 
 
 // minRoom is the least a relay step moves once dst polled writable: the
 // kernel wakes writers when a third of the send buffer is free, far more.
+// With less free than this a step first waits for that wake-up.
 const minRoom = 4 << 10
 
-// sendRoom estimates how many bytes dst takes now without blocking, at
-// most limit: half its send buffer (the kernel counts buffer overhead
-// against it too) less what is queued (SIOCOUTQ: unsent and unacked).
-func sendRoom(wc syscall.RawConn, limit int) int {
-	room := limit
+// writeRoom returns how many bytes dst takes now without blocking, at
+// most limit, once that is at least minRoom: half its send buffer (the
+// kernel counts buffer overhead against it too) less what is queued
+// (SIOCOUTQ: unsent and unacked). Below minRoom it waits for the
+// kernel's own writability (without holding a buffer); where the
+// figures cannot be read it says limit and leaves blocking to the write.
+func writeRoom(wc syscall.RawConn, limit int) (int, error) {
+	for waited := false; ; waited = true {
+		free, ok := sendFree(wc)
+		if !ok {
+			return limit, nil
+		}
+		if free >= minRoom || waited {
+			return min(limit, max(free, minRoom)), nil
+		}
+		if err := waitWritable(wc); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// sendFree is half of dst's send buffer less what it has queued.
+func sendFree(wc syscall.RawConn) (free int, ok bool) {
 	wc.Control(func(fd uintptr) {
 		sndbuf, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
 		if err != nil {
@@ -92,9 +113,9 @@ func sendRoom(wc syscall.RawConn, limit int) int {
 		if err != nil {
 			return
 		}
-		room = min(limit, max(sndbuf/2-queued, minRoom))
+		free, ok = sndbuf/2-queued, true
 	})
-	return room
+	return free, ok
 }
 
 // readable returns how many bytes src holds for reading (SIOCINQ), 0 when

@@ -211,17 +211,22 @@ func spliceChunks(dst, src *net.TCPConn, moved func(n int64), park time.Duration
 	}
 	lr := &io.LimitedReader{R: src}
 	for {
-		if err := waitSource(src, rc, park); err != nil {
-			return err
+		avail := readable(rc)
+		if avail == 0 { // bytes already there need no wait
+			if err := waitSource(src, rc, park); err != nil {
+				return err
+			}
+			avail = readable(rc)
 		}
-		if err := waitWritable(wc); err != nil {
-			return err
-		}
-		// At the end of the stream nothing is readable: a full-size
-		// step then returns at once with EOF.
+		// At the end of the stream (or on an error) nothing is
+		// readable: a full-size step then returns at once.
 		step := int64(relayChunk)
-		if avail := readable(rc); avail > 0 {
-			step = int64(min(avail, sendRoom(wc, relayChunk)))
+		if avail > 0 {
+			room, err := writeRoom(wc, relayChunk)
+			if err != nil {
+				return err
+			}
+			step = int64(min(avail, room))
 		}
 		lr.N = step
 		n, err := io.Copy(dst, lr)

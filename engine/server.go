@@ -831,18 +831,24 @@ func (s *Server) finishInfo(sess *session) {
 }
 
 func (s *Server) logEnd(sess *session) {
+	// One record per session at the default level: built only when it
+	// is written, in one call (no derived logger per session).
+	if !s.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	e := sess.entry
-	attrs := []any{}
+	attrs := sess.logAttrs(make([]slog.Attr, 0, 11))
 	if o := e.Original(); o.IsValid() {
-		attrs = append(attrs, "original_destination", o.String())
+		attrs = append(attrs, slog.String("original_destination", o.String()))
 	}
 	toServer, toClient := e.Bytes()
-	sess.logger().With(attrs...).Info("session end",
-		"bytes_to_server", toServer,
-		"bytes_to_client", toClient,
-		"duration_ms", time.Since(e.Start()).Milliseconds(),
-		"syn_ack_options", e.SynAck().String(), // set by connect, before any logEnd
-		"end", sess.reason())
+	attrs = append(attrs,
+		slog.Int64("bytes_to_server", toServer),
+		slog.Int64("bytes_to_client", toClient),
+		slog.Int64("duration_ms", time.Since(e.Start()).Milliseconds()),
+		slog.String("syn_ack_options", e.SynAck().String()), // set by connect, before any logEnd
+		slog.String("end", sess.reason()))
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "session end", attrs...)
 }
 
 func isEOFOrTimeout(err error) bool {
@@ -857,14 +863,15 @@ func (s *Server) newSession(c *net.TCPConn) *session {
 		// A steered SYN was accepted as if by the server it named.
 		a.Original = unmapAddrPort(c.LocalAddr())
 	}
-	sess := &session{mptcp: multipath(c), buffers: s.buffers, stats: &s.stats}
-	if info, err := sockinfo.GetTCPInfo(c); err == nil {
-		sess.synData = info.SynData()
-	}
-	s.stats.accepted(sess)
+	sess := &session{buffers: s.buffers, stats: &s.stats, baseLog: s.log}
 	var err error
 	sess.entry, err = s.register(a)
-	sess.baseLog = s.log
+	// The entry read MPTCP_INFO for the token: it tells MPTCP too.
+	sess.mptcp = sess.entry.Multipath()
+	if h, err := sockinfo.GetTCPHead(c); err == nil {
+		sess.synData = h.SynData()
+	}
+	s.stats.accepted(sess)
 	if err != nil {
 		sess.logger().Debug("not in the session table", "error", err.Error())
 	}

@@ -49,11 +49,19 @@ type session struct {
 // logger is the session's logger, built when it logs (at its end, on a
 // refusal) rather than held by every idle session.
 func (s *session) logger() *slog.Logger {
-	l := s.baseLog.With("session", s.entry.ID(), "client", s.entry.ClientAddr().String(), "mptcp", s.mptcp)
+	return slog.New(s.baseLog.Handler().WithAttrs(s.logAttrs(nil)))
+}
+
+// logAttrs appends the session's identity to attrs.
+func (s *session) logAttrs(attrs []slog.Attr) []slog.Attr {
+	attrs = append(attrs,
+		slog.Uint64("session", s.entry.ID()),
+		slog.String("client", s.entry.ClientAddr().String()),
+		slog.Bool("mptcp", s.mptcp))
 	if d := s.entry.Destination(); d.IsValid() {
-		l = l.With("destination", d.String())
+		attrs = append(attrs, slog.String("destination", d.String()))
 	}
-	return l
+	return attrs
 }
 
 // setEndReason keeps the first reason given: it is the cause, later ones

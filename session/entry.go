@@ -103,6 +103,14 @@ func (e *Entry) ID() uint64 { return e.id }
 // not MPTCP at accept.
 func (e *Entry) Token() (token uint32, ok bool) { return e.token, e.hasToken }
 
+// Multipath reports whether the client leg is MPTCP and has not fallen
+// back to TCP, as far as the entry knows (at accept, and at each refresh).
+func (e *Entry) Multipath() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.hasToken && !e.fallback
+}
+
 // ClientAddr returns the client's address and port on the initial subflow.
 func (e *Entry) ClientAddr() netip.AddrPort { return e.clientAddr }
 

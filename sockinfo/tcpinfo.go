@@ -101,6 +101,42 @@ func GetTCPInfo(c syscall.Conn) (TCPInfo, error) {
 	return t, err
 }
 
+// TCPHead is the head of struct tcp_info: the state and the options
+// negotiated, read without decoding (or allocating) the whole structure.
+type TCPHead struct {
+	State   uint8
+	Options uint8 // Opt* bits
+}
+
+// SynData is TCPInfo.SynData.
+func (h TCPHead) SynData() bool { return h.Options&OptSynData != 0 }
+
+// GetTCPHead reads the head of c's struct tcp_info.
+func GetTCPHead(c syscall.Conn) (TCPHead, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return TCPHead{}, err
+	}
+	var h TCPHead
+	var herr error
+	if err := rc.Control(func(fd uintptr) { h, herr = readTCPHead(int(fd)) }); err != nil {
+		return TCPHead{}, err
+	}
+	return h, herr
+}
+
+func readTCPHead(fd int) (TCPHead, error) {
+	var buf [8]byte
+	n, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_INFO, buf[:])
+	if err != nil {
+		return TCPHead{}, fmt.Errorf("%s: %w", tcpInfoCall, err)
+	}
+	if n < 6 {
+		return TCPHead{}, fmt.Errorf("%s: %d bytes", tcpInfoCall, n)
+	}
+	return TCPHead{State: buf[0], Options: buf[5]}, nil
+}
+
 func readTCPInfo(fd int) (TCPInfo, error) {
 	buf := make([]byte, sizeofTCPInfo)
 	n, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_INFO, buf)

@@ -8,8 +8,6 @@ import (
 	"os"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Backoff bounds of WaitEstablished: the third ACK usually arrives within
@@ -99,17 +97,13 @@ func WaitConnected(ctx context.Context, c *net.TCPConn) error {
 // aLongTimeAgo is a deadline in the past: it wakes a blocked wait at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// establishedFD reads the state alone (the first byte of struct tcp_info).
+// establishedFD reads the state alone (the head of struct tcp_info).
 func establishedFD(fd int) (bool, error) {
-	var buf [8]byte
-	n, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_INFO, buf[:])
+	h, err := readTCPHead(fd)
 	if err != nil {
-		return true, fmt.Errorf("%s: %w", tcpInfoCall, err)
+		return true, err
 	}
-	if n < 1 {
-		return true, fmt.Errorf("%s: empty answer", tcpInfoCall)
-	}
-	return handshakeDone(buf[0])
+	return handshakeDone(h.State)
 }
 
 // handshakeDone classifies a TCP state for WaitEstablished: still
