@@ -14,8 +14,11 @@ import (
 // parkAfter is how long a direction of the relay waits for bytes before
 // it parks: its goroutine ends and its source socket joins the parker's
 // epoll set, so that an idle session costs no goroutine stack, only its
-// records. A byte wakes it in one epoll round.
-const parkAfter = time.Second
+// records. A byte wakes it in one epoll round. Short, so that a burst of
+// sessions going idle holds few goroutines at once (the runtime keeps
+// every goroutine descriptor it ever needed at one time); a session that
+// speaks every so often parks and wakes for two epoll_ctl calls each time.
+const parkAfter = 100 * time.Millisecond
 
 // errParked ends a pump that parked.
 var errParked = errors.New("parked")
@@ -63,7 +66,7 @@ func (p *parker) park(d *direction) error {
 	d.key = key
 	var err error
 	ctlErr := d.rawSrc.Control(func(fd uintptr) {
-		d.fd = int(fd)
+		d.fd = int32(fd)
 		// The event's 64-bit data word is Fd and Pad together.
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(key)), Pad: int32(uint32(key >> 32))}
 		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
@@ -78,7 +81,7 @@ func (p *parker) park(d *direction) error {
 // unpark removes d's source from the set; the caller holds d's session
 // lock and the source is still open (so its fd is still its own).
 func (p *parker) unpark(d *direction) {
-	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, d.fd, nil)
+	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(d.fd), nil)
 	p.forget(d.key)
 }
 

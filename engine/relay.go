@@ -20,12 +20,12 @@ const relayChunk = 1 << 20
 // source in the parker's epoll set) once none came for parkAfter.
 type direction struct {
 	sess     *session
-	from     sessions.Side
 	src, dst *net.TCPConn
 	rawSrc   syscall.RawConn
+	key      uint64 // the parker's, while parked
+	fd       int32  // src's, while parked
+	from     sessions.Side
 	state    dirState // guarded by sess.relayMu
-	key      uint64   // the parker's, while parked
-	fd       int      // src's, while parked
 }
 
 type dirState uint8
@@ -49,9 +49,9 @@ type relayRun struct {
 // ended, then runs rr.end once; it returns when the server-to-client
 // direction ended or parked. A clean end of one direction is passed on
 // as a half-close; a reset or an error on either leg aborts both.
-func (s *session) startRelay(rr relayRun) {
+func (s *session) startRelay() {
+	rr := &s.srv.relay
 	s.relayMu.Lock()
-	s.rr = rr
 	for i, from := range []sessions.Side{sessions.Client, sessions.Server} {
 		d := &direction{sess: s, from: from, src: s.entry.Client(), dst: s.entry.Server()}
 		if from == sessions.Server {
@@ -81,14 +81,14 @@ func (d *direction) run() {
 	err := s.pump(d)
 	s.relayMu.Lock()
 	if errors.Is(err, errParked) && !s.relayAborted {
-		if perr := s.rr.parker.park(d); perr == nil {
+		if perr := s.srv.relay.parker.park(d); perr == nil {
 			d.state = dirParked
 			s.relayMu.Unlock()
 			return
 		}
 		// Cannot park (out of memory for epoll): run on, never parking.
 		s.relayMu.Unlock()
-		s.rr.spawn(func() { d.runUnparked() })
+		s.srv.relay.spawn(func() { d.runUnparked() })
 		return
 	}
 	d.state = dirEnded
@@ -114,10 +114,10 @@ func (d *direction) wake() {
 		s.relayMu.Unlock()
 		return
 	}
-	s.rr.parker.unpark(d)
+	s.srv.relay.parker.unpark(d)
 	d.state = dirRunning
 	s.relayMu.Unlock()
-	s.rr.spawn(d.run)
+	s.srv.relay.spawn(d.run)
 }
 
 // aborted reports whether the relay was aborted.
@@ -127,16 +127,18 @@ func (s *session) aborted() bool {
 	return s.relayAborted
 }
 
-// endRelay runs the relay's end once both directions ended.
+// endRelay runs the relay's end once both directions ended; before the
+// relay started (no directions yet) the session's setup ends it.
 func (s *session) endRelay() {
 	s.relayMu.Lock()
-	done := s.rr.end != nil && !s.relayDone && s.dirs[0].state == dirEnded && s.dirs[1].state == dirEnded
+	started := s.dirs[0] != nil
+	done := started && !s.relayDone && s.dirs[0].state == dirEnded && s.dirs[1].state == dirEnded
 	if done {
 		s.relayDone = true
 	}
 	s.relayMu.Unlock()
 	if done {
-		s.rr.end(s)
+		s.srv.relay.end(s)
 	}
 }
 
@@ -145,7 +147,7 @@ func (s *session) endRelay() {
 // parkAfter (errParked).
 func (s *session) pump(d *direction) error {
 	after := time.Duration(0)
-	if s.rr.parker != nil {
+	if s.srv.relay.parker != nil {
 		after = parkAfter
 	}
 	return s.pumpWith(d, after)
@@ -154,14 +156,14 @@ func (s *session) pump(d *direction) error {
 func (s *session) pumpWith(d *direction, park time.Duration) error {
 	// Per chunk: two atomic updates on the entry and one on the
 	// converter's byte counter, no lock.
-	bytes := &s.stats.bytes[d.from][s.legKind()]
+	bytes := &s.srv.stats.bytes[d.from][s.legKind()]
 	moved := func(n int64) {
 		s.entry.Count(d.from, n)
 		bytes.Add(uint64(n))
 	}
 	var err error
 	if s.mptcp {
-		_, err = copyBuffered(d.dst, d.src, s.buffers, moved, park)
+		_, err = copyBuffered(d.dst, d.src, s.srv.buffers, moved, park)
 	} else {
 		err = spliceChunks(d.dst, d.src, moved, park)
 	}
@@ -170,7 +172,7 @@ func (s *session) pumpWith(d *direction, park time.Duration) error {
 	}
 	if err != nil {
 		if s.abortBoth(err) { // the first failure, not the other direction's echo of it
-			s.stats.relayResets[d.from].Add(1)
+			s.srv.stats.relayResets[d.from].Add(1)
 		}
 		return err
 	}
@@ -252,7 +254,7 @@ func (s *session) abortBoth(cause error) (first bool) {
 		s.relayAborted = true
 		for _, d := range s.dirs {
 			if d != nil && d.state == dirParked {
-				s.rr.parker.unpark(d)
+				s.srv.relay.parker.unpark(d)
 				d.state = dirEnded
 			}
 		}

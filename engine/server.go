@@ -537,12 +537,13 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	info := m.Info() // m aliases the buffer, which is released below
 	sess.entry.SetDestination(conn.AddrPort())
 	sess.handshake = s.watchHandshake(sess.entry.Client())
-	if r := s.connect(ctx, sess, conn, bufp[n:got]); r != nil {
+	synAckOptions, r := s.connect(ctx, sess, conn, bufp[n:got])
+	if r != nil {
 		s.finishRefused(sess, r)
 		return
 	}
 	freeBuf()
-	reply := successReply(info, s.cfg.SupportedKinds, sess.synAckOptions)
+	reply := successReply(info, s.cfg.SupportedKinds, synAckOptions)
 	if err := s.replyToClient(ctx, sess, reply); err != nil {
 		sess.setEndReason("reply: " + err.Error())
 		abort(sess.entry.Client())
@@ -555,7 +556,7 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	s.stats.converted.Add(1)
 	sess.entry.SetState(sessions.StateEstablished)
 	// What the reply needed is not kept by an idle session.
-	sess.handshake, sess.synAckOptions = nil, nil
+	sess.handshake = nil
 	relayOwns = true
 	s.runRelay(sess)
 }
@@ -605,8 +606,9 @@ func (s *Server) readRequest(c *net.TCPConn, buf []byte, m *tlv.Message) (int, i
 }
 
 // connect dials the server leg; early holds the Client bytes that came with
-// the Convert message.
-func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, early []byte) *refusal {
+// the Convert message. It returns the server's SYN+ACK options for the
+// reply's Extended TCP Header.
+func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, early []byte) (synAckOptions []byte, _ *refusal) {
 	mptcp := false
 	for o := range conn.ConnectOptions() {
 		mptcp = mptcp || o.Kind == tlv.OptMPTCP
@@ -614,7 +616,7 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	dest := sess.entry.Destination()
 	source, r := s.sourceFor(sess)
 	if r != nil {
-		return r
+		return nil, r
 	}
 	if s.cfg.VerifyClientFirst {
 		// No server-leg SYN before the client proved its address: the
@@ -622,11 +624,11 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 		// without ingress filtering).
 		if err := sess.handshake.wait(ctx); err != nil {
 			if ctx.Err() != nil {
-				return &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
+				return nil, &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
 			}
 			sess.unverified.Store(true)
 			s.stats.unverified.Add(1)
-			return &refusal{action: tlv.ActionAbort, reason: errUnverified.Error()}
+			return nil, &refusal{action: tlv.ActionAbort, reason: errUnverified.Error()}
 		}
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
@@ -647,19 +649,19 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
+			return nil, &refusal{action: tlv.ActionAbort, reason: errDialCanceled.Error()}
 		}
 		if errors.Is(err, errUnverified) {
 			sess.unverified.Store(true)
 			s.stats.unverified.Add(1)
-			return &refusal{action: tlv.ActionAbort, reason: err.Error()}
+			return nil, &refusal{action: tlv.ActionAbort, reason: err.Error()}
 		}
 		s.stats.dialFailures.Add(1)
 		r := dialRefusal(dest, err)
 		if r.code == tlv.CodeResourceExceeded { // out of ports or fds here: the configured back-off
 			r.reply = tlv.AppendErrorMessage(nil, r.code, []byte{s.pol().Backoff}, nil)
 		}
-		return r
+		return nil, r
 	}
 	s.timings.connect.Since(attempt)
 	sess.entry.SetServer(server)
@@ -668,14 +670,13 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 		s.stats.bytes[sessions.Client][sess.legKind()].Add(uint64(len(early)))
 	}
 	opts, synthesized := s.synAckOptions(server, dest)
-	sess.synAckOptions = opts
 	sess.entry.SetSource(sess.sourceKind())
 	src := sessions.SynAckExact
 	if synthesized {
 		src = sessions.SynAckSynthesized
 	}
 	sess.entry.SetSynAck(src)
-	return nil
+	return opts, nil
 }
 
 // sourceFor picks the server leg's source: none (the converter's own
@@ -698,28 +699,29 @@ func (s *Server) sourceFor(sess *session) (netip.AddrPort, *refusal) {
 	case err != nil:
 		return netip.AddrPort{}, refuse(tlv.CodeNetworkFailure, nil, "address pool: %v", err)
 	}
-	sess.mapping = m
+	sess.mapping = &m
 	return m.External, nil
 }
 
-// sourceKind names how the server leg's source was chosen.
-func (s *session) sourceKind() string {
+// sourceKind is how the server leg's source was chosen.
+func (s *session) sourceKind() sessions.ServerSource {
 	switch {
 	case s.preserved:
-		return "preserved"
-	case s.mapping.External.IsValid():
-		return "shared"
+		return sessions.SourcePreserved
+	case s.mapping != nil:
+		return sessions.SourceShared
 	}
-	return "own"
+	return sessions.SourceOwn
 }
 
 func (s *Server) releaseMapping(sess *session) {
-	if sess.mapping.External.IsValid() && sess.unverified.Load() {
-		s.cfg.NAT.LogUnverified(sess.mapping)
+	if sess.mapping == nil {
+		return
 	}
-	if sess.mapping.External.IsValid() {
-		s.cfg.NAT.Release(sess.mapping)
+	if sess.unverified.Load() {
+		s.cfg.NAT.LogUnverified(*sess.mapping)
 	}
+	s.cfg.NAT.Release(*sess.mapping)
 }
 
 // synAckOptions returns the server's SYN+ACK options: the captured bytes
@@ -766,7 +768,7 @@ func (s *Server) replyToClient(ctx context.Context, sess *session, reply []byte)
 func (s *Server) runRelay(sess *session) {
 	sess.entry.Touch()
 	sess.relaying.Store(true)
-	sess.startRelay(s.relay)
+	sess.startRelay()
 }
 
 // relayEnded closes a session whose relay ended (relayRun.end).
@@ -863,7 +865,7 @@ func (s *Server) newSession(c *net.TCPConn) *session {
 		// A steered SYN was accepted as if by the server it named.
 		a.Original = unmapAddrPort(c.LocalAddr())
 	}
-	sess := &session{buffers: s.buffers, stats: &s.stats, baseLog: s.log}
+	sess := &session{srv: s}
 	var err error
 	sess.entry, err = s.register(a)
 	// The entry read MPTCP_INFO for the token: it tells MPTCP too.

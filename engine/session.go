@@ -18,38 +18,30 @@ import (
 // The connection's record (legs, addresses, start, counters, state) is
 // its table entry, which operators read too: one copy, not two in step.
 type session struct {
-	entry      *sessions.Entry // never nil: one outside the table when it was full
-	mapping    nat.Mapping     // the server leg's source from the shared pool, if any
-	preserved  bool            // the server leg is sourced from the client's address
-	mptcp      bool            // the Client leg is MPTCP (false: plain TCP or fallback)
-	stats      *counters       // the Server's
-	synData    bool            // the Convert message came in the SYN
-	handshake  *handshakeWatch // the client's handshake, watched from admission on
-	unverified atomic.Bool     // the client never completed its handshake
-	baseLog    *slog.Logger    // the Server's; see logger
-
-	synAckOptions []byte // the Extended TCP Header's options for the reply
-
-	buffers   *bufferPool
+	srv       *Server         // its counters, buffers, logger, parker
+	entry     *sessions.Entry // never nil: one outside the table when it was full
+	mapping   *nat.Mapping    // the server leg's source from the shared pool, if any
+	handshake *handshakeWatch // the client's handshake, until the reply
+	dirs      [2]*direction   // the relay's (relay.go), guarded by relayMu
+	endReason string          // guarded by mu
 	end       sessionEnd
-	relaying  atomic.Bool // the relay started: the idle sweep may end it
-	abortOnce sync.Once
 
-	// The relay (relay.go): its two directions and how it ends.
+	preserved    bool        // the server leg is sourced from the client's address
+	mptcp        bool        // the Client leg is MPTCP (false: plain TCP or fallback)
+	synData      bool        // the Convert message came in the SYN
+	relayAborted bool        // guarded by relayMu
+	relayDone    bool        // guarded by relayMu
+	unverified   atomic.Bool // the client never completed its handshake
+	relaying     atomic.Bool // the relay started: the idle sweep may end it
+	abortOnce    sync.Once
 	relayMu      sync.Mutex
-	dirs         [2]*direction
-	rr           relayRun
-	relayAborted bool
-	relayDone    bool
-
-	mu        sync.Mutex
-	endReason string
+	mu           sync.Mutex
 }
 
 // logger is the session's logger, built when it logs (at its end, on a
 // refusal) rather than held by every idle session.
 func (s *session) logger() *slog.Logger {
-	return slog.New(s.baseLog.Handler().WithAttrs(s.logAttrs(nil)))
+	return slog.New(s.srv.log.Handler().WithAttrs(s.logAttrs(nil)))
 }
 
 // logAttrs appends the session's identity to attrs.

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"runtime"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -22,14 +23,22 @@ const (
 )
 
 type trimmer struct {
-	free     func() // debug.FreeOSMemory; tests count calls
+	free     func() // freeMemory; tests count calls
 	last     time.Time
 	parkedAt int // directions parked at the last trim, or fewer since
 	running  atomic.Bool
 	trims    atomic.Uint64
 }
 
-func newTrimmer() *trimmer { return &trimmer{free: debug.FreeOSMemory} }
+func newTrimmer() *trimmer { return &trimmer{free: freeMemory} }
+
+// freeMemory collects twice, then returns every free page: the first
+// collection moves pooled buffers (sync.Pool: the sessions' handshake
+// buffers) to the pools' victim caches, the second frees them.
+func freeMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
 
 // tick is called by the parker's loop with the directions parked now; it
 // starts a trim in the background when one is due. Not concurrent with

@@ -27,24 +27,31 @@ type Entry struct {
 	token                   uint32
 	hasToken                bool
 
+	// Guarded by mu; small fields packed beside the token (every idle
+	// session holds an entry).
+	fallback bool
+	synAck   SynAckSource
+	source   ServerSource
+
 	// Atomics: the relay updates them per chunk, without the lock.
-	state                          atomic.Uint32
+	state atomic.Uint32
+
+	// Guarded by mu.
+	errCode int16  // -1 until refused
+	seen    uint16 // subflows the session had over its life (saturating)
+
 	toServer, toClient, lastActive atomic.Int64 // lastActive in Unix nanoseconds
 
 	mu         sync.Mutex
-	fallback   bool
 	server     *net.TCPConn
-	upstream   Upstream
 	dest       netip.AddrPort
-	synAck     SynAckSource
-	source     string // how the server leg's source was chosen
-	errCode    int    // -1 until refused
 	mptcp      MPTCPInfo
 	subflows   []subflow
-	seen       int // subflows the session had over its life
 	announced  []AnnouncedAddr
 	serverTCP  *TCPSummary
 	refreshErr string
+
+	olderSameClient *Entry // guarded by the table's lock (Table.byClient)
 }
 
 // subflow is what the table knows of one subflow: identity and priority
@@ -83,17 +90,17 @@ func NewEntry(a Accepted) *Entry {
 // readToken reads the client leg's local MPTCP token (MPTCP_INFO); a
 // client that is not MPTCP is marked fallback. Called before the entry is
 // shared.
-func (e *Entry) readToken() error {
+func (e *Entry) readToken() (sockinfo.MPTCPInfo, error) {
 	info, err := sockinfo.GetMPTCPInfo(e.client)
 	switch {
 	case errors.Is(err, sockinfo.ErrNotMPTCP):
 		e.fallback = true
 	case err != nil:
-		return err
+		return info, err
 	default:
 		e.token, e.hasToken, e.fallback = info.Token, true, info.Fallback
 	}
-	return nil
+	return info, nil
 }
 
 // ID returns the session id.
@@ -204,10 +211,18 @@ func (e *Entry) Server() *net.TCPConn {
 
 // SetServer records the server leg once it is connected.
 func (e *Entry) SetServer(c *net.TCPConn) {
-	up := Upstream{Local: unmapped(c.LocalAddr()), Remote: unmapped(c.RemoteAddr())}
 	e.mu.Lock()
-	e.server, e.upstream = c, up
+	e.server = c
 	e.mu.Unlock()
+}
+
+// upstreamOf is the server leg's addresses (the connection keeps them
+// after it is closed); zero before the leg is connected.
+func upstreamOf(c *net.TCPConn) Upstream {
+	if c == nil {
+		return Upstream{}
+	}
+	return Upstream{Local: unmapped(c.LocalAddr()), Remote: unmapped(c.RemoteAddr())}
 }
 
 // SetSynAck records how the Extended TCP Header sent to the client was made.
@@ -224,9 +239,8 @@ func (e *Entry) SynAck() SynAckSource {
 	return e.synAck
 }
 
-// SetSource records how the server leg's source address was chosen:
-// "own", "preserved" (the client's address) or "shared" (the pool).
-func (e *Entry) SetSource(how string) {
+// SetSource records how the server leg's source address was chosen.
+func (e *Entry) SetSource(how ServerSource) {
 	e.mu.Lock()
 	e.source = how
 	e.mu.Unlock()
@@ -235,7 +249,7 @@ func (e *Entry) SetSource(how string) {
 // SetRefused records the Error TLV sent to the client.
 func (e *Entry) SetRefused(code tlv.ErrorCode) {
 	e.mu.Lock()
-	e.errCode = int(code)
+	e.errCode = int16(code)
 	e.mu.Unlock()
 	e.SetState(StateRefused)
 }
@@ -244,17 +258,16 @@ func (e *Entry) SetRefused(code tlv.ErrorCode) {
 // the entry became findable by token tells whether a subflow joined
 // before: its event went unmatched, so the sockets are read instead.
 // Called with e.mu held, so events wait until the seed is in place.
-func (e *Entry) seed() {
-	initial := []subflow{{local: e.clientLocal, remote: e.clientAddr}}
+func (e *Entry) seed(info sockinfo.MPTCPInfo) {
 	e.seen = 1
 	if e.fallback || !e.hasToken {
-		e.subflows = initial
+		e.subflows = []subflow{{local: e.clientLocal, remote: e.clientAddr}}
 		return
 	}
-	info, err := sockinfo.GetMPTCPInfo(e.client)
-	if err == nil && info.TotalSubflows() <= 1 {
+	if info.TotalSubflows() <= 1 {
 		e.mptcp.update(info)
-		e.subflows = initial
+		// Room for the join that MPTCP clients mostly open next.
+		e.subflows = append(make([]subflow, 0, 2), subflow{local: e.clientLocal, remote: e.clientAddr})
 		return
 	}
 	e.refreshLocked()
@@ -279,7 +292,7 @@ func (e *Entry) apply(ev mptcpevents.Event) {
 		if sf == nil {
 			e.subflows = append(e.subflows, subflow{local: ev.Local, remote: ev.Remote})
 			sf = &e.subflows[len(e.subflows)-1]
-			e.seen++
+			e.seen = addSeen(e.seen)
 		}
 		sf.locID, sf.remID, sf.backup, sf.ifIndex = ev.LocID, ev.RemID, ev.Backup, ev.IfIndex
 	case mptcpevents.SubClosed:
@@ -298,7 +311,15 @@ func (e *Entry) apply(ev mptcpevents.Event) {
 func (e *Entry) SubflowsSeen() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return max(e.seen, 1)
+	return int(max(e.seen, 1))
+}
+
+// addSeen counts one more subflow, saturating.
+func addSeen(n uint16) uint16 {
+	if n == ^uint16(0) {
+		return n
+	}
+	return n + 1
 }
 
 // subflowsOpen returns how many subflows the client leg has now.

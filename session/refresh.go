@@ -73,7 +73,7 @@ func (e *Entry) refreshClient() error {
 		if old := e.subflow(s.Local, s.Remote); old != nil {
 			sf = *old
 		} else if s.Local != e.clientLocal || s.Remote != e.clientAddr {
-			e.seen++ // joined without an event seen (yet)
+			e.seen = addSeen(e.seen) // joined without an event seen (yet)
 		}
 		sf.tcp = summarize(s.TCP)
 		next = append(next, sf)

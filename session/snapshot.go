@@ -112,10 +112,10 @@ func (e *Entry) info() Info {
 	in.BytesToServer, in.BytesToClient = e.Bytes()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	in.Destination, in.Upstream = e.dest, e.upstream
+	in.Destination, in.Upstream = e.dest, upstreamOf(e.server)
 	in.Fallback = e.fallback
 	in.SynAckOptions = e.synAck.String()
-	in.ServerSource = e.source
+	in.ServerSource = e.source.String()
 	if e.errCode >= 0 {
 		c := uint8(e.errCode)
 		in.ErrorCode, in.Error = &c, tlv.ErrorCode(c).String()

@@ -47,10 +47,13 @@ type Table struct {
 	limit  int
 	nextID atomic.Uint64
 
-	mu       sync.RWMutex
-	byID     map[uint64]*Entry
-	byToken  map[uint32]*Entry
-	byClient map[netip.AddrPort][]*Entry // the same client ip:port may reach two of our addresses
+	mu      sync.RWMutex
+	byID    map[uint64]*Entry
+	byToken map[uint32]*Entry
+	// byClient holds the newest entry of each client ip:port; older ones
+	// with the same ip:port (it may reach two of our addresses) follow
+	// through Entry.olderSameClient: no slice per client.
+	byClient map[netip.AddrPort]*Entry
 
 	adds, removes, refused     atomic.Uint64
 	events, unmatched, resyncs atomic.Uint64
@@ -68,7 +71,7 @@ func NewTable(limit int) *Table {
 		limit:    limit,
 		byID:     make(map[uint64]*Entry),
 		byToken:  make(map[uint32]*Entry),
-		byClient: make(map[netip.AddrPort][]*Entry),
+		byClient: make(map[netip.AddrPort]*Entry),
 	}
 }
 
@@ -85,7 +88,8 @@ func (t *Table) Add(a Accepted) (*Entry, error) {
 		id = t.nextID.Add(1)
 	}
 	e := newEntry(id, a)
-	if err := e.readToken(); err != nil {
+	info, err := e.readToken()
+	if err != nil {
 		return nil, fmt.Errorf("add session %d: read the client's MPTCP token: %w", id, err)
 	}
 
@@ -95,7 +99,7 @@ func (t *Table) Add(a Accepted) (*Entry, error) {
 	if err := t.insert(e); err != nil {
 		return nil, err
 	}
-	e.seed()
+	e.seed(info) // the token's MPTCP_INFO read, not a second one
 	return e, nil
 }
 
@@ -114,7 +118,8 @@ func (t *Table) insert(e *Entry) error {
 	if e.hasToken {
 		t.byToken[e.token] = e // a token is unique among live connections
 	}
-	t.byClient[e.clientAddr] = append(t.byClient[e.clientAddr], e)
+	e.olderSameClient = t.byClient[e.clientAddr]
+	t.byClient[e.clientAddr] = e
 	t.adds.Add(1)
 	return nil
 }
@@ -134,12 +139,21 @@ func (t *Table) Remove(e *Entry) bool {
 	if e.hasToken && t.byToken[e.token] == e {
 		delete(t.byToken, e.token)
 	}
-	list := slices.DeleteFunc(t.byClient[e.clientAddr], func(x *Entry) bool { return x == e })
-	if len(list) == 0 {
-		delete(t.byClient, e.clientAddr)
+	if head := t.byClient[e.clientAddr]; head == e {
+		if e.olderSameClient == nil {
+			delete(t.byClient, e.clientAddr)
+		} else {
+			t.byClient[e.clientAddr] = e.olderSameClient
+		}
 	} else {
-		t.byClient[e.clientAddr] = list
+		for x := head; x != nil; x = x.olderSameClient {
+			if x.olderSameClient == e {
+				x.olderSameClient = e.olderSameClient
+				break
+			}
+		}
 	}
+	e.olderSameClient = nil
 	t.removes.Add(1)
 	return true
 }
@@ -165,11 +179,8 @@ func (t *Table) ByToken(token uint32) (*Entry, bool) {
 func (t *Table) ByClient(client netip.AddrPort) (*Entry, bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	list := t.byClient[unmap(client)]
-	if len(list) == 0 {
-		return nil, false
-	}
-	return list[len(list)-1], true
+	e := t.byClient[unmap(client)]
+	return e, e != nil
 }
 
 // Len returns the number of sessions in the table.

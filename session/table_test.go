@@ -435,3 +435,38 @@ func TestGauges(t *testing.T) {
 		t.Errorf("after remove: %+v", g)
 	}
 }
+
+// Entries of one client ip:port (it reached two of our addresses): the
+// newest is found, and removing any one leaves the others findable.
+func TestByClientSameAddress(t *testing.T) {
+	tb := NewTable(0)
+	c, _ := pair(t, false)
+	client := unmapped(c.RemoteAddr())
+	var es []*Entry
+	for id := uint64(1); id <= 3; id++ {
+		e := newEntry(id, Accepted{Client: c})
+		if err := tb.insert(e); err != nil {
+			t.Fatal(err)
+		}
+		es = append(es, e)
+	}
+	newest := func() *Entry {
+		e, _ := tb.ByClient(client)
+		return e
+	}
+	if newest() != es[2] {
+		t.Fatal("ByClient does not return the newest entry")
+	}
+	tb.Remove(es[1]) // the middle one
+	if newest() != es[2] {
+		t.Fatal("removing an older entry changed the newest")
+	}
+	tb.Remove(es[2]) // the newest: the oldest is next
+	if newest() != es[0] {
+		t.Fatalf("after removing the newest: %v, want the oldest", newest())
+	}
+	tb.Remove(es[0])
+	if _, ok := tb.ByClient(client); ok {
+		t.Fatal("an entry is still found after all were removed")
+	}
+}

@@ -66,6 +66,28 @@ const (
 	Server
 )
 
+// ServerSource says how the server leg's source address was chosen.
+type ServerSource uint8
+
+const (
+	SourceUnknown   ServerSource = iota
+	SourceOwn                    // the converter's own address
+	SourcePreserved              // the client's address
+	SourceShared                 // a mapping from the shared pool
+)
+
+func (s ServerSource) String() string {
+	switch s {
+	case SourceOwn:
+		return "own"
+	case SourcePreserved:
+		return "preserved"
+	case SourceShared:
+		return "shared"
+	}
+	return ""
+}
+
 // SynAckSource says how the Extended TCP Header returned to the client was
 // made: copied from the server's SYN-ACK, or rebuilt from TCP_INFO.
 type SynAckSource uint8
