@@ -106,6 +106,9 @@ type Metrics struct {
 	Active            int64
 	PendingHandshakes int
 	TransparentPorts  int
+	// Parked relay directions (gauge) and memory trims (counter).
+	ParkedDirections int
+	MemoryTrims      uint64
 
 	// Histograms; durations in nanoseconds.
 	SynToServerSyn, SynToReply, ServerConnect, SessionDuration, Subflows histogram.Snapshot
@@ -126,6 +129,9 @@ func (s *Server) Metrics() Metrics {
 		ServerConnect:    s.timings.connect.Snapshot(),
 		SessionDuration:  s.timings.duration.Snapshot(),
 		Subflows:         s.timings.subflows.Snapshot(),
+	}
+	if s.parker != nil {
+		m.ParkedDirections, m.MemoryTrims = s.parker.parkedCount(), s.trimmer.trims.Load()
 	}
 	for k := range c.byKind {
 		for a := range c.byKind[k] {

@@ -25,7 +25,7 @@ type engineCollector struct {
 
 	accepted, converted, info, refused, resets, aborts, relayResets, idle *prometheus.Desc
 	bytes, dialFailures, synAckMissed, portsCapped, unverified            *prometheus.Desc
-	active, pending, ports                                                *prometheus.Desc
+	active, pending, ports, parked, trims                                 *prometheus.Desc
 	synToServerSyn, synToReply, connect, duration, subflows               *prometheus.Desc
 }
 
@@ -52,6 +52,8 @@ func newEngineCollector(src Engine) *engineCollector {
 		active:       desc("sessions_active", "Sessions being served: accepted and not ended (set-up and relay)."),
 		pending:      desc("pending_handshakes", "Sessions of every client still being set up (not at the relay yet)."),
 		ports:        desc("transparent_listeners", "Per-port transparent listeners open (for joins to original destination ports)."),
+		parked:       desc("parked_directions", "Relay directions waiting without a goroutine (an idle session parks both)."),
+		trims:        desc("memory_trims_total", "Times the memory freed by sessions going idle was returned to the kernel at once."),
 		synToServerSyn: desc("convert_syn_to_server_syn_seconds",
 			"From the accept of the client's connection (the SYN's arrival when the Convert message came in it) to the first server-leg SYN."),
 		synToReply: desc("convert_syn_to_reply_seconds", "From the accept of the client's connection to the Convert reply written."),
@@ -64,7 +66,7 @@ func newEngineCollector(src Engine) *engineCollector {
 func (c *engineCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.accepted, c.converted, c.info, c.refused, c.resets, c.aborts, c.relayResets, c.idle,
 		c.bytes, c.dialFailures, c.synAckMissed, c.portsCapped, c.unverified, c.active, c.pending, c.ports,
-		c.synToServerSyn, c.synToReply, c.connect, c.duration, c.subflows} {
+		c.parked, c.trims, c.synToServerSyn, c.synToReply, c.connect, c.duration, c.subflows} {
 		ch <- d
 	}
 }
@@ -114,6 +116,8 @@ func (c *engineCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.active, float64(m.Active))
 	gauge(c.pending, float64(m.PendingHandshakes))
 	gauge(c.ports, float64(m.TransparentPorts))
+	gauge(c.parked, float64(m.ParkedDirections))
+	counter(c.trims, m.MemoryTrims)
 	ch <- constHistogram(c.synToServerSyn, m.SynToServerSyn, 1e-9)
 	ch <- constHistogram(c.synToReply, m.SynToReply, 1e-9)
 	ch <- constHistogram(c.connect, m.ServerConnect, 1e-9)
