@@ -181,38 +181,11 @@ func dial(ctx context.Context, raddr *net.TCPAddr, early []byte) (*net.TCPConn, 
 			return nil, err
 		}
 	}
-	stop := context.AfterFunc(ctx, func() { s.Close() })
-	err = connected(s)
-	if !stop() || err != nil {
+	if err := sockinfo.WaitConnected(ctx, s); err != nil {
 		s.Close()
-		return nil, errors.Join(err, ctx.Err())
+		return nil, err
 	}
 	return s, nil
-}
-
-// connected waits for an active open to complete without polling: its
-// end (SYN+ACK or failure) wakes the socket's writers.
-func connected(s *net.TCPConn) error {
-	rc, err := s.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Write(func(fd uintptr) bool {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		switch {
-		case err != nil:
-			serr = err
-		case info.State == unix.BPF_TCP_SYN_SENT:
-			return false // wait for the next wake-up
-		case info.State != unix.BPF_TCP_ESTABLISHED && info.State != unix.BPF_TCP_CLOSE_WAIT:
-			serr = fmt.Errorf("server leg in TCP state %d", info.State)
-		}
-		return true
-	}); err != nil {
-		return err
-	}
-	return serr
 }
 
 // relay copies both ways until both ends finished: a clean end of one way
