@@ -57,9 +57,10 @@ type Server struct {
 	// parker holds the idle directions of relays (park.go); nil: none
 	// parks.
 	parker     *parker
-	trimmer    *trimmer      // with the parker: returns the memory of parked sessions
-	relay      relayRun      // what every session's relay needs of the Server
-	abortDrain chan struct{} // closed by Abort
+	trimmer    *trimmer               // with the parker: returns the memory of parked sessions
+	relay      relayRun               // what every session's relay needs of the Server
+	endLog     atomic.Pointer[endLog] // while serving: writes the session end records
+	abortDrain chan struct{}          // closed by Abort
 	abortOnce  sync.Once
 }
 
@@ -292,6 +293,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	if idle := s.cfg.IdleTimeout; idle > 0 {
 		s.spawn(func() { s.sweepIdle(parkCtx, idle) })
 	}
+	endLog := startEndLog(s.log.Handler())
+	s.endLog.Store(endLog)
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		// Counted like the sessions: an accept loop adds a session to
@@ -325,6 +328,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stopParker()
 	s.wg.Wait()
+	s.endLog.Store(nil)
+	endLog.stop()
 	if s.parker != nil {
 		s.parker.close()
 	}
@@ -850,7 +855,14 @@ func (s *Server) logEnd(sess *session) {
 		slog.Int64("duration_ms", time.Since(e.Start()).Milliseconds()),
 		slog.String("syn_ack_options", e.SynAck().String()), // set by connect, before any logEnd
 		slog.String("end", sess.reason()))
-	s.log.LogAttrs(context.Background(), slog.LevelInfo, "session end", attrs...)
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, "session end", 0)
+	r.AddAttrs(attrs...)
+	l := s.endLog.Load()
+	if l == nil { // not serving: no writer
+		s.log.Handler().Handle(context.Background(), r)
+		return
+	}
+	l.write(r)
 }
 
 func isEOFOrTimeout(err error) bool {
