@@ -99,7 +99,21 @@ func getsockopt(fd, level, opt int, buf []byte) (int, error) {
 // ENOPROTOOPT, the generic "unknown level" answer, means the same.
 func mptcpError(call string, err error) error {
 	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOPROTOOPT) {
-		return fmt.Errorf("%s: %w (%w)", call, ErrNotMPTCP, err)
+		return &notMPTCPError{call: call, errno: err}
 	}
 	return fmt.Errorf("%s: %w", call, err)
 }
+
+// notMPTCPError is ErrNotMPTCP with the call and the errno that said so.
+// Every plain TCP client leg gets one at accept, so it is built without
+// fmt (whose depth grows a fresh goroutine's stack).
+type notMPTCPError struct {
+	call  string
+	errno error
+}
+
+func (e *notMPTCPError) Error() string {
+	return e.call + ": " + ErrNotMPTCP.Error() + " (" + e.errno.Error() + ")"
+}
+
+func (e *notMPTCPError) Unwrap() []error { return []error{ErrNotMPTCP, e.errno} }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -680,5 +681,17 @@ func TestWaitConnectedClosed(t *testing.T) {
 	client.Close()
 	if err := WaitConnected(t.Context(), client); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("closed conn: %v", err)
+	}
+}
+
+// The not-MPTCP error reads and matches as fmt's wrapping did.
+func TestNotMPTCPError(t *testing.T) {
+	err := mptcpError(mptcpInfoCall, unix.EOPNOTSUPP)
+	want := fmt.Errorf("%s: %w (%w)", mptcpInfoCall, ErrNotMPTCP, unix.EOPNOTSUPP)
+	if err.Error() != want.Error() {
+		t.Fatalf("%q, want %q", err, want)
+	}
+	if !errors.Is(err, ErrNotMPTCP) || !errors.Is(err, unix.EOPNOTSUPP) {
+		t.Fatalf("%v does not match its causes", err)
 	}
 }
