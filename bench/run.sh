@@ -31,7 +31,8 @@
 # prints the README's tables again), then prints the tables.
 #
 # Needs root, iproute2, jq and haproxy (installed with apt-get when
-# missing), and Go to build bin/converter, bench/minrelay and bench/chart.
+# missing), and Go to build bin/converter, bench/minrelay, bench/idlefloor
+# and bench/chart.
 # The lab is torn down on exit and on interrupt. Every command is printed
 # before it runs ("+ ...").
 #
@@ -150,6 +151,8 @@ if ((BUILD)); then CGO_ENABLED=0 cmd go build -o bin/converter ./cmd/converter; 
 # The minimal relay lives in $WORK only: built on every run, --no-build or not.
 MINRELAY_BIN=$WORK/minrelay
 CGO_ENABLED=0 cmd go build -o "$MINRELAY_BIN" ./bench/minrelay
+IDLEFLOOR_BIN=$WORK/idlefloor # Go's own memory under an idle session's two sockets
+CGO_ENABLED=0 cmd go build -o "$IDLEFLOOR_BIN" ./bench/idlefloor
 # The summary, chart and tables: a module of its own, for its plotting library.
 CHART=$WORK/chart
 cmd go -C bench/chart build -o "$CHART" .
@@ -343,21 +346,29 @@ if ((IDLE_COUNT > 0)); then
 	wait "$IDLE_PID" || die "bench --mode idle failed: $(cat "$WORK/idle.log")"
 	idle=$(grep '^{' "$WORK/idle.log")
 	echo "$idle"
+	# The floor under those figures: two idle Go sockets per session and
+	# nothing of the converter's (4 sockets per session in one process).
+	floor_sessions=$(((NOFILE - 200) / 4))
+	((floor_sessions < IDLE_COUNT)) || floor_sessions=$IDLE_COUNT
+	floor=$(cmd "$IDLEFLOOR_BIN" -sessions "$floor_sessions" | awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "KiB") print $i}')
+	echo "Go's floor for an idle session's two sockets: $floor KiB ($floor_sessions sessions)"
 	# The idle figures, for latest.json and the last line of the output.
-	jq --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson fd0 "$fd0" --argjson fd1 "$fd1" --argjson kernel "$kernel" '
+	jq --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson fd0 "$fd0" --argjson fd1 "$fd1" --argjson kernel "$kernel" --argjson floor "${floor:-null}" '
 		def per(a; b): if .connections > 0 then (b - a) / .connections * 100 | round / 100 else null end;
 		{connections, errors, alive, hold_seconds, transport,
 		 rss_kib_before: $rss0, rss_kib_after: $rss1, kib_per_session: per($rss0; $rss1),
 		 fds_before: $fd0, fds_after: $fd1, fds_per_session: per($fd0; $fd1),
 		 kernel_sockets: $kernel.sockets, kernel_sockets_per_session: per(0; $kernel.sockets),
 		 kernel_kib_per_session: per(0; ($kernel.buffer_bytes + $kernel.object_bytes) / 1024),
-		 kernel_buffer_kib_per_session: per(0; $kernel.buffer_bytes / 1024)}' <<<"$idle" >"$WORK/idle.json"
+		 kernel_buffer_kib_per_session: per(0; $kernel.buffer_bytes / 1024),
+		 go_floor_kib_per_session: $floor}' <<<"$idle" >"$WORK/idle.json"
 	IDLE_LINE=$(jq -r '
 		"idle sessions: \(.connections) open (\(.errors) errors, \(.alive) alive after the hold, \(.transport) client leg);" +
 		" converter RSS \(.rss_kib_before) KiB -> \(.rss_kib_after) KiB: \(.kib_per_session // "n/a") KiB per session;" +
 		" fds \(.fds_before) -> \(.fds_after) (\(.fds_per_session // "n/a") per session);" +
 		" kernel: \(.kernel_sockets_per_session // "n/a") sockets and \(.kernel_kib_per_session // "n/a") KiB per session" +
-		" (\(.kernel_buffer_kib_per_session // "n/a") KiB of it in buffers)"' "$WORK/idle.json")
+		" (\(.kernel_buffer_kib_per_session // "n/a") KiB of it in buffers);" +
+		" Go'"'"'s floor for two idle sockets: \(.go_floor_kib_per_session // "n/a") KiB per session"' "$WORK/idle.json")
 fi
 
 # latest.json, its chart and its tables; written beside, then renamed, so
