@@ -17,7 +17,7 @@ const (
 	// trimGrowth is the fewest newly parked directions worth a trim;
 	// a quarter of those parked at the last trim if that is more, so a
 	// steady crowd of idle sessions with some churn does not trim.
-	trimGrowth = 1024
+	trimGrowth = 256
 	// trimInterval spaces trims: each is a full GC.
 	trimInterval = time.Second
 )

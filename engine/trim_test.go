@@ -20,6 +20,10 @@ func TestTrimmer(t *testing.T) {
 	if calls != 0 {
 		t.Fatalf("trimmed for 10 parked directions")
 	}
+	step(2*time.Second, 200) // under the minimum growth
+	if calls != 0 {
+		t.Fatalf("trimmed for 200 parked directions")
+	}
 	step(200*time.Millisecond, 2000) // a crowd went idle
 	if calls != 1 {
 		t.Fatalf("%d trims after 2000 parked, want 1", calls)
@@ -38,7 +42,7 @@ func TestTrimmer(t *testing.T) {
 	if calls != 2 {
 		t.Fatalf("trimmed for churn in a steady crowd")
 	}
-	step(2*time.Second, 5100) // 1600 more than the low point: a quarter of 3500 is 875, the minimum 1024
+	step(2*time.Second, 4500) // 1000 more than the low point: more than a quarter of 3500 (875) and the minimum (256)
 	if calls != 3 {
 		t.Fatalf("%d trims, want 3", calls)
 	}
