@@ -93,3 +93,33 @@ func TestReplaceLive(t *testing.T) {
 		t.Fatalf("socket left behind: %v", err)
 	}
 }
+
+// A socket replaced before its own Serve even started is still known as
+// replaced: Serve remembers its file from before it was in place, so
+// stopping leaves the successor's socket (this raced in TestReplaceLive).
+func TestReplacedBeforeServe(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "control.sock")
+	old := New(session.NewTable(0), nil)
+	if err := old.Bind(path); err != nil {
+		t.Fatal(err)
+	}
+	successor := New(session.NewTable(0), nil)
+	successor.ReplaceLive()
+	if err := successor.Bind(path); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- old.Serve(ctx, path) }()
+	time.Sleep(20 * time.Millisecond) // let it start
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	go successor.Serve(ctx2, path)
+	if _, err := FetchReady(context.Background(), path); err != nil {
+		t.Fatalf("the successor's socket after the old server stopped: %v", err)
+	}
+}

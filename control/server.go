@@ -57,9 +57,10 @@ type Server struct {
 	// replace: Serve takes the socket path over from a live daemon (its
 	// successor's hand-over) instead of refusing to start.
 	replace bool
-	// bound is the socket Bind created, for Serve.
+	// bound is the socket Bind created, for Serve, and its file.
 	bound     *net.UnixListener
 	boundPath string
+	boundFile os.FileInfo
 }
 
 // Bind creates the socket at path now, so that it answers as soon as the
@@ -67,11 +68,11 @@ type Server struct {
 func (s *Server) Bind(path string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ln, err := listen(path, s.replace)
+	ln, file, err := listen(path, s.replace)
 	if err != nil {
 		return err
 	}
-	s.bound, s.boundPath = ln, path
+	s.bound, s.boundPath, s.boundFile = ln, path, file
 	return nil
 }
 
@@ -321,7 +322,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 func (s *Server) Serve(ctx context.Context, path string) error {
 	s.mu.Lock()
 	replace := s.replace
-	ln := s.bound
+	ln, own := s.bound, s.boundFile
 	if s.boundPath != path {
 		ln = nil
 	}
@@ -329,18 +330,17 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 	s.mu.Unlock()
 	if ln == nil {
 		var err error
-		if ln, err = listen(path, replace); err != nil {
+		if ln, own, err = listen(path, replace); err != nil {
 			return err
 		}
 	}
-	// A successor may have replaced the file: remove only our own.
-	if own, err := os.Stat(path); err == nil {
-		defer func() {
-			if now, err := os.Stat(path); err == nil && os.SameFile(own, now) {
-				os.Remove(path)
-			}
-		}()
-	}
+	// A successor may have replaced the file: remove only our own (known
+	// from before it was in place: a successor can replace it at once).
+	defer func() {
+		if now, err := os.Stat(path); err == nil && os.SameFile(own, now) {
+			os.Remove(path)
+		}
+	}()
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -367,41 +367,51 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 // so it is never reachable with looser permissions whatever the umask. A
 // stale socket left by a dead daemon is replaced; a live one is an error.
 // The caller removes path after closing the listener.
-func Listen(path string) (*net.UnixListener, error) { return listen(path, false) }
+func Listen(path string) (*net.UnixListener, error) {
+	ln, _, err := listen(path, false)
+	return ln, err
+}
 
 // listen is Listen; with replace a live daemon's socket is replaced too
 // (the rename below is atomic: a client reaches one daemon or the other).
-func listen(path string, replace bool) (*net.UnixListener, error) {
+// It also returns the socket file's identity, taken before the file is in
+// place: a successor may replace it as soon as it is.
+func listen(path string, replace bool) (*net.UnixListener, os.FileInfo, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create the control socket's directory %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("create the control socket's directory %s: %w", dir, err)
 	}
 	if !replace {
 		if err := clearStale(path); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	} else if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
-		return nil, fmt.Errorf("%s exists and is not a socket: not replacing it", path)
+		return nil, nil, fmt.Errorf("%s exists and is not a socket: not replacing it", path)
 	}
 	tmp, err := os.MkdirTemp(dir, ".control-")
 	if err != nil {
-		return nil, fmt.Errorf("create a private directory in %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("create a private directory in %s: %w", dir, err)
 	}
 	defer os.RemoveAll(tmp)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(tmp, "sock"), Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("listen on a unix socket in %s: %w", tmp, err)
+		return nil, nil, fmt.Errorf("listen on a unix socket in %s: %w", tmp, err)
 	}
 	ln.SetUnlinkOnClose(false) // the file moves; Serve removes path
 	if err := os.Chmod(filepath.Join(tmp, "sock"), 0o600); err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("chmod 0600 the control socket: %w", err)
+		return nil, nil, fmt.Errorf("chmod 0600 the control socket: %w", err)
+	}
+	file, err := os.Stat(filepath.Join(tmp, "sock")) // rename keeps the file
+	if err != nil {
+		ln.Close()
+		return nil, nil, fmt.Errorf("stat the control socket: %w", err)
 	}
 	if err := os.Rename(filepath.Join(tmp, "sock"), path); err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("move the control socket to %s: %w", path, err)
+		return nil, nil, fmt.Errorf("move the control socket to %s: %w", path, err)
 	}
-	return ln, nil
+	return ln, file, nil
 }
 
 // clearStale removes a socket at path that nobody answers on.
