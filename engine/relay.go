@@ -53,12 +53,12 @@ func (s *session) startRelay() {
 	rr := &s.srv.relay
 	s.relayMu.Lock()
 	for i, from := range []sessions.Side{sessions.Client, sessions.Server} {
-		d := &direction{sess: s, from: from, src: s.entry.Client(), dst: s.entry.Server()}
+		d := &s.dirs[i]
+		*d = direction{sess: s, from: from, src: s.entry.Client(), dst: s.entry.Server()}
 		if from == sessions.Server {
 			d.src, d.dst = d.dst, d.src
 		}
 		d.rawSrc, _ = d.src.SyscallConn()
-		s.dirs[i] = d
 	}
 	aborted := s.relayAborted
 	s.relayMu.Unlock()
@@ -131,7 +131,7 @@ func (s *session) aborted() bool {
 // relay started (no directions yet) the session's setup ends it.
 func (s *session) endRelay() {
 	s.relayMu.Lock()
-	started := s.dirs[0] != nil
+	started := s.dirs[0].sess != nil
 	done := started && !s.relayDone && s.dirs[0].state == dirEnded && s.dirs[1].state == dirEnded
 	if done {
 		s.relayDone = true
@@ -252,8 +252,8 @@ func (s *session) abortBoth(cause error) (first bool) {
 		// their sockets are closed.
 		s.relayMu.Lock()
 		s.relayAborted = true
-		for _, d := range s.dirs {
-			if d != nil && d.state == dirParked {
+		for i := range s.dirs {
+			if d := &s.dirs[i]; d.sess != nil && d.state == dirParked {
 				s.srv.relay.parker.unpark(d)
 				d.state = dirEnded
 			}

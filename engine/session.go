@@ -22,7 +22,7 @@ type session struct {
 	entry     *sessions.Entry // never nil: one outside the table when it was full
 	mapping   *nat.Mapping    // the server leg's source from the shared pool, if any
 	handshake *handshakeWatch // the client's handshake, until the reply
-	dirs      [2]*direction   // the relay's (relay.go), guarded by relayMu
+	dirs      [2]direction    // the relay's (relay.go), set by startRelay, guarded by relayMu
 	endReason string          // guarded by mu
 	end       sessionEnd
 
