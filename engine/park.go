@@ -54,6 +54,15 @@ func newParker() (*parker, error) {
 // park adds d's source; the caller holds d's session lock and the source
 // is open.
 func (p *parker) park(d *direction) error {
+	var err error
+	ctlErr := d.rawSrc.Control(func(fd uintptr) { err = p.parkFD(d, int(fd)) })
+	return errors.Join(ctlErr, err)
+}
+
+// parkFD adds d with fd standing for its source (its socket's, or a
+// duplicate while the session is detached); the caller holds d's
+// session lock and fd is open.
+func (p *parker) parkFD(d *direction, fd int) error {
 	p.mu.Lock()
 	if p.stopped {
 		p.mu.Unlock()
@@ -63,18 +72,27 @@ func (p *parker) park(d *direction) error {
 	key := p.next
 	p.parked[key] = d
 	p.mu.Unlock()
-	d.key = key
-	var err error
-	ctlErr := d.rawSrc.Control(func(fd uintptr) {
-		d.fd = int32(fd)
-		// The event's 64-bit data word is Fd and Pad together.
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(key)), Pad: int32(uint32(key >> 32))}
-		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
-	})
-	if err = errors.Join(ctlErr, err); err != nil {
+	d.key, d.fd = key, int32(fd)
+	// The event's 64-bit data word is Fd and Pad together.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(key)), Pad: int32(uint32(key >> 32))}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		p.forget(key)
 		return fmt.Errorf("park: %w", err)
 	}
+	return nil
+}
+
+// rebind makes fd stand for d's source in the set instead of the one
+// parked; the caller holds d's session lock, both fds are open. On an
+// error d stays parked as it was.
+func (p *parker) rebind(d *direction, fd int) error {
+	oldKey, oldFD := d.key, d.fd
+	if err := p.parkFD(d, fd); err != nil {
+		d.key, d.fd = oldKey, oldFD
+		return err
+	}
+	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(oldFD), nil)
+	p.forget(oldKey)
 	return nil
 }
 

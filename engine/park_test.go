@@ -38,10 +38,12 @@ func TestParkedSessionResumes(t *testing.T) {
 		t.Fatalf("echo %q, %v", got, err)
 	}
 	waitFor(t, "both directions parked", func() bool { return lp.srv.parker.parkedCount() == 2 })
-	// The session itself holds no goroutine.
+	// The session itself holds no goroutine, and no connection: it
+	// detached (detach.go) and watches duplicates of its sockets.
 	if n := relayGoroutines(); n != 0 {
 		t.Errorf("%d relay goroutines while parked", n)
 	}
+	waitFor(t, "the session detached", func() bool { return detachedSessions(lp.srv) == 1 })
 	for i := range 3 {
 		msg := bytes.Repeat([]byte{byte('a' + i)}, 100<<10)
 		go c.Write(msg)
@@ -49,7 +51,7 @@ func TestParkedSessionResumes(t *testing.T) {
 		if _, err := io.ReadFull(c, back); err != nil || !bytes.Equal(back, msg) {
 			t.Fatalf("round %d after parking: %v", i, err)
 		}
-		waitFor(t, "parked again", func() bool { return lp.srv.parker.parkedCount() == 2 })
+		waitFor(t, "parked again", func() bool { return lp.srv.parker.parkedCount() == 2 && detachedSessions(lp.srv) == 1 })
 	}
 	c.CloseWrite()
 	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
@@ -113,4 +115,23 @@ func relayGoroutines() int {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	return bytes.Count(buf, []byte("engine.(*direction).run"))
+}
+
+// detachedSessions counts the sessions that let go of their connections.
+func detachedSessions(srv *Server) int {
+	srv.mu.Lock()
+	all := make([]*session, 0, len(srv.sessions))
+	for sess := range srv.sessions {
+		all = append(all, sess)
+	}
+	srv.mu.Unlock()
+	n := 0
+	for _, sess := range all {
+		sess.relayMu.Lock()
+		if sess.detached {
+			n++
+		}
+		sess.relayMu.Unlock()
+	}
+	return n
 }

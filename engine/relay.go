@@ -83,6 +83,9 @@ func (d *direction) run() {
 	if errors.Is(err, errParked) && !s.relayAborted {
 		if perr := s.srv.relay.parker.park(d); perr == nil {
 			d.state = dirParked
+			if s.dirs[0].state == dirParked && s.dirs[1].state == dirParked {
+				s.detach() // the whole session is idle
+			}
 			s.relayMu.Unlock()
 			return
 		}
@@ -114,10 +117,35 @@ func (d *direction) wake() {
 		s.relayMu.Unlock()
 		return
 	}
-	s.srv.relay.parker.unpark(d)
+	p := s.srv.relay.parker
+	if s.detached {
+		if err := s.attach(); err != nil {
+			s.relayMu.Unlock()
+			s.abortBoth(err)
+			return
+		}
+		// The other direction is still idle: park it on its new
+		// connection (or run it, if it cannot park).
+		if o := &s.dirs[1-d.index()]; o.state == dirParked {
+			if err := p.park(o); err != nil {
+				o.state = dirRunning
+				s.srv.relay.spawn(o.runUnparked)
+			}
+		}
+	} else {
+		p.unpark(d)
+	}
 	d.state = dirRunning
 	s.relayMu.Unlock()
 	s.srv.relay.spawn(d.run)
+}
+
+// index is d's place in its session's dirs.
+func (d *direction) index() int {
+	if d == &d.sess.dirs[0] {
+		return 0
+	}
+	return 1
 }
 
 // aborted reports whether the relay was aborted.
@@ -257,6 +285,9 @@ func (s *session) abortBoth(cause error) (first bool) {
 				s.srv.relay.parker.unpark(d)
 				d.state = dirEnded
 			}
+		}
+		if s.detached { // its connections are closed: reset the sockets
+			s.resetDetached()
 		}
 		s.relayMu.Unlock()
 		server := s.entry.Server()

@@ -81,8 +81,12 @@ func closeWithError(c *net.TCPConn, reply []byte, drain time.Duration) {
 	c.Close()
 }
 
-// abort resets a connection: RST for TCP, MP_FASTCLOSE for MPTCP.
+// abort resets a connection: RST for TCP, MP_FASTCLOSE for MPTCP. A nil
+// one (a leg not connected, or a detached session's) is nothing to do.
 func abort(c *net.TCPConn) {
+	if c == nil {
+		return
+	}
 	c.SetLinger(0)
 	c.Close()
 }

@@ -785,6 +785,7 @@ func (s *Server) relayEnded(sess *session) {
 		abort(sess.entry.Client())
 		abort(sess.entry.Server())
 	} else {
+		// Only an abort ends a detached session, so both legs are here.
 		sess.entry.Client().Close()
 		sess.entry.Server().Close()
 	}

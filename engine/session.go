@@ -31,6 +31,7 @@ type session struct {
 	synData      bool        // the Convert message came in the SYN
 	relayAborted bool        // guarded by relayMu
 	relayDone    bool        // guarded by relayMu
+	detached     bool        // both directions parked on duplicates, no connections (detach.go); guarded by relayMu
 	unverified   atomic.Bool // the client never completed its handshake
 	relaying     atomic.Bool // the relay started: the idle sweep may end it
 	abortOnce    sync.Once

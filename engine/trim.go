@@ -26,8 +26,12 @@ type trimmer struct {
 	free     func() // freeMemory; tests count calls
 	last     time.Time
 	parkedAt int // directions parked at the last trim, or fewer since
-	running  atomic.Bool
-	trims    atomic.Uint64
+	// seen and steadySince: the count at the last tick and since when it
+	// has not changed (a crowd that finished parking).
+	seen        int
+	steadySince time.Time
+	running     atomic.Bool
+	trims       atomic.Uint64
 }
 
 func newTrimmer() *trimmer { return &trimmer{free: freeMemory} }
@@ -41,11 +45,19 @@ func freeMemory() {
 }
 
 // tick is called by the parker's loop with the directions parked now; it
-// starts a trim in the background when one is due. Not concurrent with
-// itself.
+// starts a trim in the background when one is due: many more parked than
+// at the last trim, or at least trimGrowth more and the count steady for
+// trimInterval (the tail of a crowd that parked after the last trim).
+// Not concurrent with itself.
 func (t *trimmer) tick(now time.Time, parked int, spawn func(func())) {
 	t.parkedAt = min(t.parkedAt, parked) // ended sessions: follow down
-	if parked-t.parkedAt < max(trimGrowth, t.parkedAt/4) || now.Sub(t.last) < trimInterval {
+	if parked != t.seen {
+		t.seen, t.steadySince = parked, now
+	}
+	grown := parked - t.parkedAt
+	crowd := grown >= max(trimGrowth, t.parkedAt/4)
+	settled := grown >= trimGrowth && now.Sub(t.steadySince) >= trimInterval
+	if !(crowd || settled) || now.Sub(t.last) < trimInterval {
 		return
 	}
 	if !t.running.CompareAndSwap(false, true) {

@@ -49,4 +49,18 @@ func TestTrimmer(t *testing.T) {
 	if tr.trims.Load() != 3 {
 		t.Fatalf("trims counter %d", tr.trims.Load())
 	}
+	// The tail of a crowd: under a quarter more, but steady for a while.
+	step(2*time.Second, 4900) // 400 more than at the last trim (4500)
+	if calls != 3 {
+		t.Fatalf("trimmed while the count still moves")
+	}
+	step(500*time.Millisecond, 4900)
+	step(600*time.Millisecond, 4900) // steady for 1.1 s
+	if calls != 4 {
+		t.Fatalf("%d trims, want 4 once the tail settled", calls)
+	}
+	step(2*time.Second, 4900) // nothing new parked: no trim
+	if calls != 4 {
+		t.Fatalf("trimmed again with nothing new parked")
+	}
 }

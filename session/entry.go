@@ -20,9 +20,9 @@ import (
 type Entry struct {
 	// Set at creation, then read-only.
 	id                      uint64
-	start                   time.Time
-	client                  *net.TCPConn
-	clientAddr, clientLocal netip.AddrPort // the initial subflow
+	start                   int64 // Unix nanoseconds (8 bytes where a time.Time takes 24)
+	client                  atomic.Pointer[net.TCPConn] // replaced only when an idle session is attached again
+	clientAddr, clientLocal netip.AddrPort              // the initial subflow
 	original                netip.AddrPort
 	token                   uint32
 	hasToken                bool
@@ -51,7 +51,8 @@ type Entry struct {
 	serverTCP  *TCPSummary
 	refreshErr string
 
-	olderSameClient *Entry // guarded by the table's lock (Table.byClient)
+	olderSameClient  *Entry    // guarded by the table's lock (Table.byClient)
+	detachedUpstream *Upstream // the server leg's addresses while the legs are let go (SetLegs)
 }
 
 // subflow is what the table knows of one subflow: identity and priority
@@ -65,10 +66,12 @@ type subflow struct {
 }
 
 func newEntry(id uint64, a Accepted) *Entry {
-	e := &Entry{id: id, start: a.Start, client: a.Client, original: a.Original, errCode: -1}
-	if e.start.IsZero() {
-		e.start = time.Now()
+	start := a.Start
+	if start.IsZero() {
+		start = time.Now()
 	}
+	e := &Entry{id: id, start: start.UnixNano(), original: a.Original, errCode: -1}
+	e.client.Store(a.Client)
 	if a.Client != nil {
 		e.clientAddr = unmapped(a.Client.RemoteAddr())
 		e.clientLocal = unmapped(a.Client.LocalAddr())
@@ -91,7 +94,7 @@ func NewEntry(a Accepted) *Entry {
 // client that is not MPTCP is marked fallback. Called before the entry is
 // shared.
 func (e *Entry) readToken() (sockinfo.MPTCPInfo, error) {
-	info, err := sockinfo.GetMPTCPInfo(e.client)
+	info, err := sockinfo.GetMPTCPInfo(e.client.Load())
 	switch {
 	case errors.Is(err, sockinfo.ErrNotMPTCP):
 		e.fallback = true
@@ -122,10 +125,26 @@ func (e *Entry) Multipath() bool {
 func (e *Entry) ClientAddr() netip.AddrPort { return e.clientAddr }
 
 // Client returns the client leg.
-func (e *Entry) Client() *net.TCPConn { return e.client }
+func (e *Entry) Client() *net.TCPConn { return e.client.Load() }
+
+// SetLegs replaces both legs: nil while an idle session has let go of its
+// connections (the entry keeps the server leg's addresses), then new
+// connections over the same sockets.
+func (e *Entry) SetLegs(client, server *net.TCPConn) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if server == nil && e.server != nil {
+		up := upstreamOf(e.server)
+		e.detachedUpstream = &up
+	} else if server != nil {
+		e.detachedUpstream = nil
+	}
+	e.client.Store(client)
+	e.server = server
+}
 
 // Start returns the accept time.
-func (e *Entry) Start() time.Time { return e.start }
+func (e *Entry) Start() time.Time { return time.Unix(0, e.start) }
 
 // Original returns where the client's SYN was addressed, in transparent
 // mode; zero otherwise.

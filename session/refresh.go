@@ -21,8 +21,8 @@ func (e *Entry) refresh() {
 // session is ending and its entry about to go.
 func (e *Entry) refreshLocked() {
 	var errs []string
-	if e.client != nil {
-		if err := e.refreshClient(); err != nil && !errors.Is(err, net.ErrClosed) {
+	if client := e.client.Load(); client != nil {
+		if err := e.refreshClient(client); err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, err.Error())
 		}
 	}
@@ -39,9 +39,9 @@ func (e *Entry) refreshLocked() {
 	e.refreshErr = strings.Join(errs, "; ")
 }
 
-func (e *Entry) refreshClient() error {
+func (e *Entry) refreshClient(client *net.TCPConn) error {
 	if !e.fallback {
-		info, err := sockinfo.GetMPTCPInfo(e.client)
+		info, err := sockinfo.GetMPTCPInfo(client)
 		switch {
 		case errors.Is(err, sockinfo.ErrNotMPTCP):
 			e.fallback = true // MPTCP can fall back after accept
@@ -54,14 +54,14 @@ func (e *Entry) refreshClient() error {
 	}
 	if e.fallback {
 		// One plain TCP connection: report it as the only subflow.
-		t, err := sockinfo.GetTCPInfo(e.client)
+		t, err := sockinfo.GetTCPInfo(client)
 		if err != nil {
 			return fmt.Errorf("read TCP_INFO of the client leg: %w", err)
 		}
 		e.subflows = []subflow{{local: e.clientLocal, remote: e.clientAddr, tcp: summarize(t)}}
 		return nil
 	}
-	subs, err := sockinfo.GetSubflows(e.client)
+	subs, err := sockinfo.GetSubflows(client)
 	if err != nil {
 		return fmt.Errorf("read the client leg's subflows: %w", err)
 	}

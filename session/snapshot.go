@@ -106,13 +106,16 @@ func (e *Entry) info() Info {
 		ClientLocal:         e.clientLocal,
 		OriginalDestination: e.original,
 		State:               e.State(),
-		Started:             e.start,
+		Started:             e.Start(),
 		LastActivity:        e.LastActive(),
 	}
 	in.BytesToServer, in.BytesToClient = e.Bytes()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	in.Destination, in.Upstream = e.dest, upstreamOf(e.server)
+	if e.server == nil && e.detachedUpstream != nil {
+		in.Upstream = *e.detachedUpstream
+	}
 	in.Fallback = e.fallback
 	in.SynAckOptions = e.synAck.String()
 	in.ServerSource = e.source.String()
