@@ -44,6 +44,16 @@ func TestParkedSessionResumes(t *testing.T) {
 		t.Errorf("%d relay goroutines while parked", n)
 	}
 	waitFor(t, "the session detached", func() bool { return detachedSessions(lp.srv) == 1 })
+	// The table still shows the session's legs (refreshing keeps the last
+	// socket figures).
+	before := lp.srv.Table().Snapshot(false).Sessions
+	snap := lp.srv.Table().Snapshot(true).Sessions
+	if len(snap) != 1 || !snap[0].Upstream.Remote.IsValid() || snap[0].Upstream != before[0].Upstream || snap[0].Client != before[0].Client {
+		t.Fatalf("detached session in the table: %+v (before the refresh: %+v)", snap, before)
+	}
+	if snap[0].RefreshError != "" {
+		t.Errorf("refreshing a detached session: %q", snap[0].RefreshError)
+	}
 	for i := range 3 {
 		msg := bytes.Repeat([]byte{byte('a' + i)}, 100<<10)
 		go c.Write(msg)

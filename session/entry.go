@@ -20,7 +20,7 @@ import (
 type Entry struct {
 	// Set at creation, then read-only.
 	id                      uint64
-	start                   int64 // Unix nanoseconds (8 bytes where a time.Time takes 24)
+	start                   int64                       // Unix nanoseconds (8 bytes where a time.Time takes 24)
 	client                  atomic.Pointer[net.TCPConn] // replaced only when an idle session is attached again
 	clientAddr, clientLocal netip.AddrPort              // the initial subflow
 	original                netip.AddrPort
