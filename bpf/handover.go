@@ -10,6 +10,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/convert-tc/converter/internal/dupfd"
 )
 
 // Object is a BPF map or tcx link passed to a successor process on an
@@ -33,21 +35,6 @@ func dupFile(fd int, name string) (*os.File, error) {
 		return nil, fmt.Errorf("duplicate %s: %w", name, err)
 	}
 	return os.NewFile(uintptr(d), name), nil
-}
-
-// dupOf duplicates f's descriptor without os.File.Fd, which would put a
-// pollable file in blocking mode.
-func dupOf(f *os.File) (int, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	d := -1
-	var dupErr error
-	if err := rc.Control(func(fd uintptr) { d, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return -1, err
-	}
-	return d, dupErr
 }
 
 // handOver duplicates maps (by name) and the links of t.
@@ -101,7 +88,7 @@ func inheritMaps(spec *ebpf.CollectionSpec, in []Object, names ...string) (map[s
 		if !ok || !slices.Contains(names, o.Map) {
 			return fail(fmt.Errorf("inherited map %q: not a map this program shares", o.Map))
 		}
-		d, err := dupOf(o.File)
+		d, err := dupfd.Of(o.File)
 		if err != nil {
 			return fail(fmt.Errorf("inherited map %q: %w", o.Map, err))
 		}
@@ -141,7 +128,7 @@ func (t *tcxLinks) adopt(in []Object) error {
 		if o.Map != "" {
 			continue
 		}
-		d, err := dupOf(o.File)
+		d, err := dupfd.Of(o.File)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("inherited link on ifindex %d: %w", o.Ifindex, err))
 			continue

@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/convert-tc/converter/internal/dupfd"
 )
 
 // A session whose two directions are both parked lets go of its
@@ -29,7 +31,7 @@ func (s *session) detach() {
 	legs := [2]*net.TCPConn{s.entry.Client(), s.entry.Server()}
 	var dups [2]int
 	for i, c := range legs {
-		fd, err := dupSocket(c)
+		fd, err := dupfd.Of(c)
 		if err != nil {
 			for _, d := range dups[:i] {
 				unix.Close(d)
@@ -103,20 +105,6 @@ func (s *session) resetDetached() {
 		resetFD(int(s.dirs[i].fd))
 	}
 	s.detached = false
-}
-
-// dupSocket returns a duplicate of c's socket (close-on-exec).
-func dupSocket(c *net.TCPConn) (int, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	var derr error
-	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return -1, err
-	}
-	return fd, derr
 }
 
 // connFD is c's descriptor number (c is open and idle: nothing closes it

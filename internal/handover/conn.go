@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/convert-tc/converter/internal/dupfd"
 )
 
 // maxMessage bounds one message's JSON, against a peer that is not a
@@ -83,21 +85,11 @@ func (c *Conn) sendBatch(files []*os.File) error {
 		}
 	}()
 	for _, f := range files {
-		rc, err := f.SyscallConn()
+		d, err := dupfd.Of(f)
 		if err != nil {
 			return fmt.Errorf("hand-over: %s: %w", f.Name(), err)
 		}
-		var dupErr error
-		err = rc.Control(func(fd uintptr) {
-			var d int
-			d, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-			if dupErr == nil {
-				fds = append(fds, d)
-			}
-		})
-		if err = errors.Join(err, dupErr); err != nil {
-			return fmt.Errorf("hand-over: %s: %w", f.Name(), err)
-		}
+		fds = append(fds, d)
 	}
 	// One byte carries each batch: rights travel with data.
 	if _, _, err := c.c.WriteMsgUnix([]byte{byte(len(fds))}, unix.UnixRights(fds...), nil); err != nil {
