@@ -79,11 +79,11 @@ func (s *session) attach() error {
 	var legs [2]*net.TCPConn
 	var err error
 	for i, fd := range dups {
-		if legs[i], err = connFromFD(fd); err != nil {
+		if legs[i], err = connFromFD(fd); err != nil { // fd reset and closed
 			for _, c := range legs[:i] {
 				abort(c)
 			}
-			for _, fd := range dups[i:] {
+			for _, fd := range dups[i+1:] {
 				resetFD(fd)
 			}
 			return fmt.Errorf("attach an idle session again: %w", err)
@@ -98,13 +98,15 @@ func (s *session) attach() error {
 	return nil
 }
 
-// resetDetached resets the sockets of a detached session (its abort);
-// the caller holds s.relayMu and has unparked both directions.
-func (s *session) resetDetached() {
-	for i := range s.dirs {
-		resetFD(int(s.dirs[i].fd))
+// detachedFDs returns the duplicates of a detached session, which then
+// counts as attached (its abort resets them); nil if it is attached. The
+// caller holds s.relayMu.
+func (s *session) detachedFDs() []int {
+	if !s.detached {
+		return nil
 	}
 	s.detached = false
+	return []int{int(s.dirs[0].fd), int(s.dirs[1].fd)}
 }
 
 // connFD is c's descriptor number (c is open and idle: nothing closes it
@@ -117,14 +119,17 @@ func connFD(c *net.TCPConn) int {
 	return fd
 }
 
-// connFromFD returns a connection over a duplicate of fd and closes fd.
+// connFromFD returns a connection over a duplicate of fd and closes fd;
+// on an error it resets the socket (fd is closed either way).
 func connFromFD(fd int) (*net.TCPConn, error) {
 	f := os.NewFile(uintptr(fd), "detached socket")
 	c, err := net.FileConn(f)
-	f.Close()
 	if err != nil {
+		setResetOnClose(fd)
+		f.Close() // f owns fd: it closes it, once
 		return nil, err
 	}
+	f.Close()
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		c.Close()
@@ -136,6 +141,10 @@ func connFromFD(fd int) (*net.TCPConn, error) {
 // resetFD closes fd with a reset (SO_LINGER 0), as abort does for a
 // connection.
 func resetFD(fd int) {
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	setResetOnClose(fd)
 	unix.Close(fd)
+}
+
+func setResetOnClose(fd int) {
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 }

@@ -99,7 +99,10 @@ func (p *parker) rebind(d *direction, fd int) error {
 // unpark removes d's source from the set; the caller holds d's session
 // lock and the source is still open (so its fd is still its own).
 func (p *parker) unpark(d *direction) {
-	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(d.fd), nil)
+	if d.fd >= 0 { // once: a descriptor number may be someone else's later
+		unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(d.fd), nil)
+	}
+	d.fd = -1
 	p.forget(d.key)
 }
 

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/convert-tc/converter/client"
 )
 
@@ -144,4 +146,45 @@ func detachedSessions(srv *Server) int {
 		sess.relayMu.Unlock()
 	}
 	return n
+}
+
+// Unparking twice touches nothing else: the second time, the direction's
+// old descriptor number may already name another parked socket.
+func TestUnparkTwice(t *testing.T) {
+	p, err := newParker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	pair := func() (int, int) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fds[0], fds[1]
+	}
+	a, aPeer := pair()
+	defer unix.Close(aPeer)
+	var da, db direction
+	if err := p.parkFD(&da, a); err != nil {
+		t.Fatal(err)
+	}
+	p.unpark(&da)
+	unix.Close(a)
+	b, bPeer := pair() // b most likely takes a's number
+	defer unix.Close(b)
+	defer unix.Close(bPeer)
+	if err := p.parkFD(&db, b); err != nil {
+		t.Fatal(err)
+	}
+	p.unpark(&da) // again: must not take b out
+	unix.Write(bPeer, []byte("x"))
+	events := make([]unix.EpollEvent, 4)
+	n, err := unix.EpollWait(p.epfd, events, 1000)
+	if err != nil || n != 1 {
+		t.Fatalf("epoll_wait: %d events, %v: the second unpark took the other socket out", n, err)
+	}
+	if p.parkedCount() != 1 {
+		t.Fatalf("%d parked, want 1", p.parkedCount())
+	}
 }

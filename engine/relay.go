@@ -280,14 +280,15 @@ func (s *session) abortBoth(cause error) (first bool) {
 		// their sockets are closed.
 		s.relayMu.Lock()
 		s.relayAborted = true
+		detached := s.detachedFDs() // before unparking forgets them
 		for i := range s.dirs {
 			if d := &s.dirs[i]; d.sess != nil && d.state == dirParked {
 				s.srv.relay.parker.unpark(d)
 				d.state = dirEnded
 			}
 		}
-		if s.detached { // its connections are closed: reset the sockets
-			s.resetDetached()
+		for _, fd := range detached { // its connections are closed: reset the sockets
+			resetFD(fd)
 		}
 		s.relayMu.Unlock()
 		server := s.entry.Server()
