@@ -67,40 +67,12 @@ func (w *handshakeWatch) verified() bool {
 	return known && err == nil
 }
 
-// Backoff bounds of wait: the third ACK usually comes within the
-// client's RTT, and by the time the server leg is up it mostly has.
-const (
-	minHandshakeBackoff = 50 * time.Microsecond
-	maxHandshakeBackoff = 5 * time.Millisecond
-)
-
 // wait returns the handshake's outcome once known: nil, its error, or
 // context.DeadlineExceeded at the handshake timeout; ctx.Err() if ctx
 // ends first. A passive socket gives no wake-up at its handshake's end
 // (a Fast Open child is writable in SYN_RECV), so this polls.
 func (w *handshakeWatch) wait(ctx context.Context) error {
-	delay := minHandshakeBackoff
-	var timer *time.Timer
-	for {
-		if known, err := w.result(); known {
-			if timer != nil {
-				timer.Stop()
-			}
-			return err
-		}
-		if timer == nil {
-			timer = time.NewTimer(delay)
-		} else {
-			timer.Reset(delay)
-		}
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return ctx.Err()
-		case <-timer.C:
-		}
-		delay = min(2*delay, maxHandshakeBackoff, max(time.Until(w.deadline), 0))
-	}
+	return sockinfo.Poll(ctx, w.result)
 }
 
 // dialVerified runs dial so that the server sees no more SYNs than the

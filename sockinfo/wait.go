@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// Backoff bounds of WaitEstablished: the third ACK usually arrives within
+// Backoff bounds of Poll: the third ACK usually arrives within
 // an RTT, so start fast, but do not spin on a slow or lossy path.
 const (
 	minWaitBackoff = 50 * time.Microsecond
@@ -26,16 +26,30 @@ const (
 // established), an error matching ErrConnClosed in any closing or closed
 // state, and ctx.Err() when ctx is done first.
 func WaitEstablished(ctx context.Context, c syscall.Conn) error {
+	return Poll(ctx, func() (bool, error) { return Established(c) })
+}
+
+// Poll calls check until it says done, from minWaitBackoff apart up to
+// maxWaitBackoff, and returns its error; ctx.Err() if ctx ends first. For
+// states that give no wake-up, such as a passive socket's handshake.
+func Poll(ctx context.Context, check func() (done bool, err error)) error {
 	delay := minWaitBackoff
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
+	var timer *time.Timer
 	for {
-		if done, err := Established(c); done {
+		if done, err := check(); done {
+			if timer != nil {
+				timer.Stop()
+			}
 			return err
 		}
-		timer.Reset(delay)
+		if timer == nil {
+			timer = time.NewTimer(delay)
+		} else {
+			timer.Reset(delay)
+		}
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return ctx.Err()
 		case <-timer.C:
 		}
