@@ -12,14 +12,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// tcxLinks owns the tcx ingress links of one program.
+// tcxLinks owns the tcx links of one program, at ingress unless egress.
 type tcxLinks struct {
 	mu    sync.Mutex
 	prog  *ebpf.Program // nil once closed
 	links []tcxLink
 	// first attaches ahead of every other program on the interface (the
 	// program then returns TCX_NEXT to let the others run).
-	first bool
+	first  bool
+	egress bool
+}
+
+// hook names the attach point in errors.
+func (t *tcxLinks) hook() string {
+	if t.egress {
+		return "tcx egress"
+	}
+	return "tcx ingress"
 }
 
 type tcxLink struct {
@@ -48,32 +57,35 @@ func (t *tcxLinks) attach(ifindex int) error {
 	}
 	ns, err := currentNetns()
 	if err != nil {
-		return fmt.Errorf("attach tcx ingress on ifindex %d: %w", ifindex, err)
+		return fmt.Errorf("attach %s on ifindex %d: %w", t.hook(), ifindex, err)
 	}
 	if i := t.find(ns, ifindex); i >= 0 {
 		if t.links[i].adopted {
 			t.links[i].adopted = false // the predecessor's link runs this program already
 			return nil
 		}
-		return fmt.Errorf("attach tcx ingress on ifindex %d: already attached", ifindex)
+		return fmt.Errorf("attach %s on ifindex %d: already attached", t.hook(), ifindex)
 	}
 	nl, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
-		return fmt.Errorf("attach tcx ingress on ifindex %d: %w", ifindex, err)
+		return fmt.Errorf("attach %s on ifindex %d: %w", t.hook(), ifindex, err)
 	}
 	name := nl.Attrs().Name
 	// The programs parse Ethernet frames (loopback has the same header);
 	// on an L3 device (tun, WireGuard) they would let everything pass.
 	if enc := nl.Attrs().EncapType; enc != "ether" && enc != "loopback" {
-		return fmt.Errorf("attach tcx ingress on ifindex %d (%s): link type %q, only Ethernet and loopback are supported", ifindex, name, enc)
+		return fmt.Errorf("attach %s on ifindex %d (%s): link type %q, only Ethernet and loopback are supported", t.hook(), ifindex, name, enc)
 	}
 	opts := link.TCXOptions{Interface: ifindex, Program: t.prog, Attach: ebpf.AttachTCXIngress}
+	if t.egress {
+		opts.Attach = ebpf.AttachTCXEgress
+	}
 	if t.first {
 		opts.Anchor = link.Head()
 	}
 	l, err := link.AttachTCX(opts)
 	if err != nil {
-		return fmt.Errorf("attach tcx ingress on ifindex %d (%s): %w", ifindex, name, err)
+		return fmt.Errorf("attach %s on ifindex %d (%s): %w", t.hook(), ifindex, name, err)
 	}
 	t.links = append(t.links, tcxLink{name: name, ifindex: ifindex, netns: ns, l: l})
 	return nil
@@ -84,16 +96,16 @@ func (t *tcxLinks) detach(ifindex int) error {
 	defer t.mu.Unlock()
 	ns, err := currentNetns()
 	if err != nil {
-		return fmt.Errorf("detach tcx ingress on ifindex %d: %w", ifindex, err)
+		return fmt.Errorf("detach %s on ifindex %d: %w", t.hook(), ifindex, err)
 	}
 	i := t.find(ns, ifindex)
 	if i < 0 {
-		return fmt.Errorf("detach tcx ingress on ifindex %d: not attached", ifindex)
+		return fmt.Errorf("detach %s on ifindex %d: not attached", t.hook(), ifindex)
 	}
 	err = t.links[i].l.Close()
 	t.links = slices.Delete(t.links, i, i+1)
 	if err != nil {
-		return fmt.Errorf("detach tcx ingress on ifindex %d: %w", ifindex, err)
+		return fmt.Errorf("detach %s on ifindex %d: %w", t.hook(), ifindex, err)
 	}
 	return nil
 }
@@ -132,7 +144,7 @@ func (t *tcxLinks) close() error {
 	var errs []error
 	for _, l := range t.links {
 		if err := l.l.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach tcx ingress on %s (ifindex %d): %w", l.name, l.ifindex, err))
+			errs = append(errs, fmt.Errorf("detach %s on %s (ifindex %d): %w", t.hook(), l.name, l.ifindex, err))
 		}
 	}
 	t.links = nil

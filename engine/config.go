@@ -117,6 +117,12 @@ type Config struct {
 	// SYN+ACKs; the Extended TCP Header then copies them instead of
 	// rebuilding them from TCP_INFO.
 	SynAcks SynAckSource
+	// SynHold, when set, holds the SYN+ACK to MPTCP clients that sent
+	// their Convert message in the SYN until the server leg's connect
+	// has an outcome (RFC 8803's timing): the client's connect succeeds
+	// only when the server's did, and a refused server is a refused
+	// connect (a RST, or an ICMP unreachable where the server's was one).
+	SynHold SynHolder
 
 	// NAT, when set, sources every server leg from the shared pool
 	// (address sharing, RFC 8803 §4.4.2); nil uses the converter's own
@@ -217,6 +223,22 @@ type JoinSteering interface {
 	RemoveToken(token uint32) error
 	AddListenerPort(port uint16) error
 	RemoveListenerPort(port uint16) error
+}
+
+// SynHolder is the SYN+ACK hold (package synhold).
+type SynHolder interface {
+	// Take returns the hold of the accepted connection from client to
+	// local, or nil when its SYN+ACK was not held.
+	Take(client, local netip.AddrPort) HeldSynAck
+}
+
+// HeldSynAck is the client's SYN+ACK, held. Each method decides once and
+// reports late when the SYN+ACK went already at the longest hold (the
+// client's connect succeeded: a failure then needs the Error TLV).
+type HeldSynAck interface {
+	Release() (late bool)              // send it now
+	Refuse() (late bool)               // never send it: the caller resets the client leg
+	Unreachable(code byte) (late bool) // an ICMP unreachable with code instead; then reset
 }
 
 // SynAckSource gives the TCP options of the SYN+ACK that answered a server

@@ -15,7 +15,11 @@ type refusal struct {
 	action tlv.Action
 	code   tlv.ErrorCode
 	reply  []byte // the whole Convert reply; empty for reset and abort
+	value  []byte // the Error TLV's value
 	reason string
+	// dial: the server leg's connect failed (what a held SYN+ACK
+	// answers with a RST or an ICMP unreachable).
+	dial bool
 }
 
 func (r *refusal) Error() string {
@@ -31,6 +35,7 @@ func refuse(code tlv.ErrorCode, value []byte, format string, a ...any) *refusal 
 		action: tlv.ActionReply,
 		code:   code,
 		reply:  tlv.AppendErrorMessage(nil, code, value, nil),
+		value:  value,
 		reason: fmt.Sprintf(format, a...),
 	}
 }

@@ -12,13 +12,15 @@ import (
 
 // successReply builds the Convert reply for a session whose server leg is
 // up: Supported TCP Extensions first when the Client sent Info, then the
-// Extended TCP Header with the server's SYN+ACK options.
+// Extended TCP Header with the server's SYN+ACK options (none when nil).
 func successReply(info bool, kinds, synAckOptions []byte) []byte {
 	b := tlv.BeginMessage(make([]byte, 0, 64))
 	if info {
 		b = tlv.AppendSupportedTCPExtensions(b, kinds)
 	}
-	b = tlv.AppendExtendedTCPHeader(b, synAckOptions)
+	if synAckOptions != nil {
+		b = tlv.AppendExtendedTCPHeader(b, synAckOptions)
+	}
 	b, _ = tlv.EndMessage(b, 0) // at most 4 + 4+255 + 4+40 bytes
 	return b
 }

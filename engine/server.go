@@ -482,17 +482,25 @@ const readBufLen = 4096
 // serve runs one Client connection from accept to close.
 func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	s.active.Add(1)
+	// A held SYN+ACK (syn hold) goes out before any byte is written to
+	// the client; every path below decides it.
+	var hold HeldSynAck
+	if s.cfg.SynHold != nil {
+		hold = s.cfg.SynHold.Take(unmapAddrPort(c.RemoteAddr()), unmapAddrPort(c.LocalAddr()))
+	}
 	// The per-client limits come first, before anything is allocated
 	// for the connection.
 	key := s.clientKey(unmapAddrPort(c.RemoteAddr()).Addr())
 	// What was accepted before a hand-over is served: the successor
 	// takes only what comes after.
 	if s.draining.Load() && !s.handedOver.Load() {
+		releaseHold(hold)
 		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.pol().Backoff}, "draining: no new session"))
 		s.active.Add(-1)
 		return
 	}
 	if err := s.clients.arrive(key); err != nil {
+		releaseHold(hold)
 		s.refuseAtAccept(c, refuse(tlv.CodeResourceExceeded, []byte{s.pol().Backoff}, "%v", err))
 		s.active.Add(-1)
 		return
@@ -531,11 +539,12 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 		sess.end.releasePort = s.acquirePort(sess.entry.Original().Port())
 	}
 	if r != nil {
-		s.finishRefused(sess, r)
+		s.finishHeld(sess, hold, r)
 		return
 	}
 	conn, ok := m.Connect()
 	if !ok {
+		releaseHold(hold)
 		s.finishInfo(sess)
 		return
 	}
@@ -544,10 +553,13 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	sess.handshake = s.watchHandshake(sess.entry.Client())
 	synAckOptions, r := s.connect(ctx, sess, conn, bufp[n:got])
 	if r != nil {
-		s.finishRefused(sess, r)
+		s.finishHeld(sess, hold, r)
 		return
 	}
 	freeBuf()
+	if hold != nil {
+		synAckOptions = s.releaseHeld(sess, hold, synAckOptions)
+	}
 	reply := successReply(info, s.cfg.SupportedKinds, synAckOptions)
 	if err := s.replyToClient(ctx, sess, reply); err != nil {
 		sess.setEndReason("reply: " + err.Error())
@@ -663,6 +675,7 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 		}
 		s.stats.dialFailures.Add(1)
 		r := dialRefusal(dest, err)
+		r.dial = true
 		if r.code == tlv.CodeResourceExceeded { // out of ports or fds here: the configured back-off
 			r.reply = tlv.AppendErrorMessage(nil, r.code, []byte{s.pol().Backoff}, nil)
 		}
@@ -811,6 +824,67 @@ func (s *Server) refuseAtAccept(c *net.TCPConn, r *refusal) {
 			"reason", r.reason, "code", int(r.code), "error", r.code.String()}, extra...)...)
 	}
 	closeWithError(c, r.reply, s.cfg.DrainTimeout)
+}
+
+// releaseHold lets a held SYN+ACK go (a session that needs no server, or
+// a refusal the RFC answers with an Error TLV).
+func releaseHold(hold HeldSynAck) {
+	if hold != nil {
+		hold.Release()
+	}
+}
+
+// releaseHeld lets the held SYN+ACK of a session whose server leg is up
+// go, and records how it was timed. When it was held until now the
+// Extended TCP Header is the server's own or none: never rebuilt.
+func (s *Server) releaseHeld(sess *session, hold HeldSynAck, synAckOptions []byte) []byte {
+	if hold.Release() {
+		sess.entry.SetSynHold(sessions.SynHoldAtCap)
+		return synAckOptions
+	}
+	sess.entry.SetSynHold(sessions.SynHoldHeld)
+	if sess.entry.SynAck() == sessions.SynAckSynthesized {
+		sess.entry.SetSynAck(sessions.SynAckMissing)
+		return nil
+	}
+	return synAckOptions
+}
+
+// finishHeld ends a refused session whose SYN+ACK may be held. A failed
+// server-leg connect (or an abort) while it is still held is answered the
+// way a direct connect would have failed: the SYN+ACK never goes, an
+// ICMP unreachable goes where the server's answer was one, and the
+// client leg is reset (its RST answers the client's SYN: ECONNREFUSED).
+// The reason is in the log record and the refusal counters. Every other
+// refusal releases it first and sends the Error TLV, as RFC 8803 wants
+// (policy refusals; a connect that failed after the longest hold).
+func (s *Server) finishHeld(sess *session, hold HeldSynAck, r *refusal) {
+	if hold == nil {
+		s.finishRefused(sess, r)
+		return
+	}
+	if !r.dial && r.action == tlv.ActionReply {
+		hold.Release()
+		s.finishRefused(sess, r)
+		return
+	}
+	how, late := "reset", false
+	if r.code == tlv.CodeDestinationUnreachable && len(r.value) == 1 {
+		how, late = "unreachable", hold.Unreachable(r.value[0])
+	} else {
+		late = hold.Refuse()
+	}
+	if late {
+		sess.entry.SetSynHold(sessions.SynHoldAtCap)
+		s.finishRefused(sess, r)
+		return
+	}
+	s.stats.refusal(r)
+	if extra, ok := s.refusalLogAttrs(); ok {
+		sess.logger().Info("refused", append([]any{"action", how + " (syn held)", "reason", r.reason,
+			"code", int(r.code), "error", r.code.String()}, extra...)...)
+	}
+	abort(sess.entry.Client())
 }
 
 func (s *Server) finishRefused(sess *session, r *refusal) {

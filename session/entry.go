@@ -32,6 +32,7 @@ type Entry struct {
 	fallback bool
 	synAck   SynAckSource
 	source   ServerSource
+	synHold  SynHold
 
 	// Atomics: the relay updates them per chunk, without the lock.
 	state atomic.Uint32
@@ -248,6 +249,13 @@ func upstreamOf(c *net.TCPConn) Upstream {
 func (e *Entry) SetSynAck(src SynAckSource) {
 	e.mu.Lock()
 	e.synAck = src
+	e.mu.Unlock()
+}
+
+// SetSynHold records how the client's SYN+ACK was timed.
+func (e *Entry) SetSynHold(h SynHold) {
+	e.mu.Lock()
+	e.synHold = h
 	e.mu.Unlock()
 }
 

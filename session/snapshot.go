@@ -32,7 +32,11 @@ type Info struct {
 	// OriginalDestination is where the client's SYN was addressed, in
 	// transparent mode.
 	OriginalDestination netip.AddrPort `json:"original_destination,omitzero"`
-	SynAckOptions       string         `json:"syn_ack_options,omitempty"` // "exact" or "synthesized"
+	SynAckOptions       string         `json:"syn_ack_options,omitempty"` // "exact", "synthesized" or "missing"
+	// SynHold says how the client's SYN+ACK was timed (converter run
+	// --syn-hold): "held" (sent once the server had answered),
+	// "released_at_cap" (sent at --syn-hold-max); empty when not held.
+	SynHold string `json:"syn_hold,omitempty"`
 	// ServerSource says how the upstream local address was chosen: "own",
 	// "preserved" (the client's address) or "shared" (the pool).
 	ServerSource string    `json:"server_source,omitempty"`
@@ -118,6 +122,7 @@ func (e *Entry) info() Info {
 	}
 	in.Fallback = e.fallback
 	in.SynAckOptions = e.synAck.String()
+	in.SynHold = e.synHold.String()
 	in.ServerSource = e.source.String()
 	if e.errCode >= 0 {
 		c := uint8(e.errCode)

@@ -96,6 +96,9 @@ const (
 	SynAckUnknown SynAckSource = iota
 	SynAckExact
 	SynAckSynthesized
+	// SynAckMissing: the SYN+ACK was held but its capture was not found;
+	// the reply carries no Extended TCP Header rather than a made-up one.
+	SynAckMissing
 )
 
 func (s SynAckSource) String() string {
@@ -104,6 +107,27 @@ func (s SynAckSource) String() string {
 		return "exact"
 	case SynAckSynthesized:
 		return "synthesized"
+	case SynAckMissing:
+		return "missing"
+	}
+	return ""
+}
+
+// SynHold says how the converter timed its SYN+ACK to the client.
+type SynHold uint8
+
+const (
+	SynHoldNone   SynHold = iota // not held: sent at once
+	SynHoldHeld                  // sent once the server had answered
+	SynHoldAtCap                 // sent at the longest hold, before the server answered
+)
+
+func (h SynHold) String() string {
+	switch h {
+	case SynHoldHeld:
+		return "held"
+	case SynHoldAtCap:
+		return "released_at_cap"
 	}
 	return ""
 }

@@ -25,7 +25,7 @@ func labCommand(io stdio) *cli.Command {
 	return &cli.Command{
 		Name:      "lab",
 		Usage:     "manage the namespace lab: a client with two paths, a converter, a server (needs root)",
-		UsageText: "converter lab up|down|status [--prefix NAME] [--json]",
+		UsageText: "converter lab up|down|status [--prefix NAME] [--json]\n   converter lab delay --port PORT --delay D [--iface IF]",
 		Description: "The client namespace (c1 10.201.1.2, c2 10.201.2.2) reaches the converter namespace\n" +
 			"(cv1 10.201.1.1, cv2 10.201.2.1), which routes to the server namespace (s1 10.201.3.2)\n" +
 			"and can run a converter; IPv6 mirrors it under fd01:N::/64. Run commands in it with\n" +
@@ -61,6 +61,7 @@ func labCommand(io stdio) *cli.Command {
 				HideHelpCommand: true,
 				OnUsageError:    benchUsageError,
 			},
+			labDelayCommand(io),
 		},
 	}
 }

@@ -53,6 +53,8 @@ func runCommand(io stdio) *cli.Command {
 			&cli.StringFlag{Name: "user", Value: d.User, Usage: "after set-up, run as this `USER` (and its group), keeping only the capabilities the daemon needs"},
 			&cli.BoolFlag{Name: "keep-privileges", Value: d.KeepPrivileges, Usage: "do not drop capabilities after set-up (debugging only)"},
 			&cli.StringFlag{Name: "tfo-window-clamp", Value: string(d.TFOWindowClamp), Usage: "lower the window of Convert SYNs with eBPF, against the kernel fault that stalls downloads of MPTCP clients that sent SYN data: auto (where a start-up probe finds the fault), on or off"},
+			&cli.BoolFlag{Name: "syn-hold", Value: d.SynHold, Usage: "answer the SYN of an MPTCP client that sent its Convert message in the SYN only once the server answered the converter's SYN (eBPF on the client-facing interfaces: --client-iface, or every interface that is up): a refused server is a refused connect"},
+			&cli.DurationFlag{Name: "syn-hold-max", Value: d.SynHoldMax, Usage: "with --syn-hold, answer the client at the latest this long after its SYN (at most 900ms: below its 1 s SYN retransmission)"},
 		}, slices.Concat(transparentFlags(), natFlags(), cookieFlags(), configFlags())...),
 		Action: func(c *cli.Context) error { return runAction(c, io) },
 	}
@@ -145,6 +147,8 @@ func daemonConfig(c *cli.Context) (daemon.Config, []string) {
 		User:                 c.String("user"),
 		KeepPrivileges:       c.Bool("keep-privileges"),
 		TFOWindowClamp:       tfowindow.Mode(c.String("tfo-window-clamp")),
+		SynHold:              c.Bool("syn-hold"),
+		SynHoldMax:           c.Duration("syn-hold-max"),
 		Transparent:          c.Bool("transparent"),
 		ClientIfaces:         c.StringSlice("client-iface"),
 		ServerIfaces:         c.StringSlice("server-iface"),

@@ -19,6 +19,7 @@ import (
 	"github.com/convert-tc/converter/internal/addrpolicy"
 	"github.com/convert-tc/converter/internal/tfowindow"
 	"github.com/convert-tc/converter/nat"
+	"github.com/convert-tc/converter/synhold"
 )
 
 // Defaults the other packages do not define.
@@ -94,6 +95,8 @@ type Config struct {
 	User           string         `flag:"user"`
 	KeepPrivileges bool           `flag:"keep-privileges"`
 	TFOWindowClamp tfowindow.Mode `flag:"tfo-window-clamp"`
+	SynHold        bool           `flag:"syn-hold"`
+	SynHoldMax     time.Duration  `flag:"syn-hold-max"`
 
 	Transparent         bool             `flag:"transparent"`
 	ClientIfaces        []string         `flag:"client-iface"`
@@ -134,6 +137,7 @@ func Defaults() Config {
 		LogLevel:             slog.LevelInfo,
 		Control:              control.DefaultSocket,
 		TFOWindowClamp:       tfowindow.ModeAuto,
+		SynHoldMax:           synhold.DefaultMax,
 		Mark:                 DefaultMark,
 		RouteTable:           DefaultRouteTable,
 		MaxTransparentPorts:  engine.DefaultMaxTransparentPorts,
@@ -251,6 +255,15 @@ func (c Config) modeProblems(given Given) []string {
 	}
 	if c.Transparent && len(c.ClientIfaces) == 0 {
 		add("--transparent needs at least one --client-iface")
+	}
+	if c.SynHold && (c.SynHoldMax <= 0 || c.SynHoldMax > synhold.MaxMax) {
+		add("--syn-hold-max %v: above 0 and at most %v (the client retransmits its SYN at 1 s, without its data)", c.SynHoldMax, synhold.MaxMax)
+	}
+	if given("syn-hold-max") && !c.SynHold {
+		add("--syn-hold-max has no effect without --syn-hold")
+	}
+	if c.SynHold && c.VerifyClientFirst {
+		add("--syn-hold and --verify-client-first exclude each other: one answers the client only after the server, the other asks the server only after the client")
 	}
 	// Preservation steers replies with the mark and the table too.
 	for _, name := range []string{"max-transparent-ports", "mark", "route-table"} {

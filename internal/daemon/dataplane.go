@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"github.com/convert-tc/converter/internal/mptcppm"
 	"github.com/convert-tc/converter/internal/tfowindow"
 	"github.com/convert-tc/converter/internal/tproxy"
+	"github.com/convert-tc/converter/synhold"
 )
 
 // announceIDBase numbers the endpoints the daemon announces, away from
@@ -28,6 +30,7 @@ type dataplane struct {
 	synwin   *bpf.SynWindowClamp
 	steering *bpf.Steering
 	synacks  *bpf.SynAckCapture
+	synhold  *synhold.Holder
 	routing  *tproxy.Routing
 	pm       *mptcppm.Client
 	announce []mptcppm.Endpoint
@@ -66,6 +69,11 @@ func setupDataplane(ctx context.Context, cfg Config, ecfg *engine.Config, clamp 
 	}
 	if len(cfg.ServerIfaces) > 0 {
 		if err := dp.captureSynAcks(cfg.ServerIfaces, ecfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.SynHold {
+		if err := dp.holdSynAcks(cfg, ecfg, log); err != nil {
 			return nil, err
 		}
 	}
@@ -228,6 +236,65 @@ func (dp *dataplane) captureSynAcks(ifaces []string, ecfg *engine.Config) error 
 	return nil
 }
 
+// holdSynAcks loads the SYN+ACK hold (--syn-hold) on the client-facing
+// interfaces, or every interface that is up when none is named, for the
+// listening ports (every port in transparent mode). The reply's Extended
+// TCP Header must then be the server's own: without --server-iface the
+// SYN+ACK capture goes on every interface that is up.
+//
+// An upgrade does not hand the hold over: the successor's programs run
+// ahead of the predecessor's, and a released SYN+ACK carries a mark that
+// every hold program lets pass.
+func (dp *dataplane) holdSynAcks(cfg Config, ecfg *engine.Config, log *slog.Logger) error {
+	if err := bpf.Supported(); err != nil {
+		return fmt.Errorf("--syn-hold: %w", err)
+	}
+	ports := []uint16{0}
+	if !cfg.Transparent {
+		ports = listenPorts(ecfg.Listen)
+	}
+	names := cfg.ClientIfaces
+	up, err := upInterfaces()
+	if err != nil {
+		return err
+	}
+	if len(names) == 0 {
+		names = up
+	}
+	if dp.synacks == nil {
+		if err := dp.captureSynAcks(up, ecfg); err != nil {
+			return err
+		}
+	}
+	h, err := synhold.New(ports, cfg.SynHoldMax, log)
+	if err != nil {
+		return fmt.Errorf("--syn-hold: %w", err)
+	}
+	dp.synhold = h
+	for _, name := range names {
+		idx, err := ifindex(name)
+		if err != nil {
+			return err
+		}
+		if err := h.Attach(idx); err != nil {
+			return fmt.Errorf("attach the SYN+ACK hold to %s: %w", name, err)
+		}
+	}
+	ecfg.SynHold = heldSynAcks{h}
+	log.Info("syn hold", "interfaces", names, "ports", ports, "max", cfg.SynHoldMax.String())
+	return nil
+}
+
+// heldSynAcks is the Holder as the engine sees it.
+type heldSynAcks struct{ h *synhold.Holder }
+
+func (a heldSynAcks) Take(client, local netip.AddrPort) engine.HeldSynAck {
+	if o := a.h.Take(client, local); o != nil {
+		return o
+	}
+	return nil // not a typed nil
+}
+
 func (dp *dataplane) announceAddrs(cfg Config, ecfg *engine.Config) error {
 	pm, err := mptcppm.Open()
 	if err != nil {
@@ -275,6 +342,9 @@ func (dp *dataplane) close(log *slog.Logger) {
 			log.Warn("remove policy routing", "error", err.Error())
 		}
 	}
+	if dp.synhold != nil {
+		dp.synhold.Close()
+	}
 	if dp.synacks != nil {
 		dp.synacks.Close()
 	}
@@ -288,7 +358,7 @@ func (dp *dataplane) close(log *slog.Logger) {
 
 // loaded reports whether any BPF program is in use.
 func (dp *dataplane) loaded() bool {
-	return dp.synwin != nil || dp.steering != nil || dp.synacks != nil
+	return dp.synwin != nil || dp.steering != nil || dp.synacks != nil || dp.synhold != nil
 }
 
 // status is what `converter bpf status` shows, served on the control socket.
@@ -311,6 +381,13 @@ func (dp *dataplane) status() any {
 		st, _ := dp.synacks.Status()
 		out["synack_counters"] = counters
 		out["synack_capture"] = st
+	}
+	if dp.synhold != nil {
+		counters, _ := dp.synhold.Counters()
+		st, _ := dp.synhold.Status()
+		out["syn_hold_counters"] = counters
+		out["syn_hold"] = st
+		out["syn_hold_pending"] = dp.synhold.Pending()
 	}
 	return out
 }
@@ -335,6 +412,23 @@ func maxTokens(cfg engine.Config) uint32 {
 		return math.MaxUint32 // the kernel refuses a map this size: load fails and says so
 	}
 	return uint32(n)
+}
+
+// listenPorts are the ports of the listen addresses (the default's
+// without any).
+func listenPorts(listen []string) []uint16 {
+	var out []uint16
+	for _, l := range listen {
+		if _, p, err := net.SplitHostPort(l); err == nil {
+			if n, err := strconv.ParseUint(p, 10, 16); err == nil && !slices.Contains(out, uint16(n)) {
+				out = append(out, uint16(n))
+			}
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, listenPort(nil))
+	}
+	return out
 }
 
 // listenPort is the port of the first listen address (else the default

@@ -104,5 +104,8 @@ func (dp *dataplane) counterSources() map[string]metrics.BPFCounters {
 	if dp.synwin != nil {
 		out["synwin"] = dp.synwin
 	}
+	if dp.synhold != nil {
+		out["syn_hold"] = dp.synhold
+	}
 	return out
 }
