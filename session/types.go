@@ -117,9 +117,9 @@ func (s SynAckSource) String() string {
 type SynHold uint8
 
 const (
-	SynHoldNone   SynHold = iota // not held: sent at once
-	SynHoldHeld                  // sent once the server had answered
-	SynHoldAtCap                 // sent at the longest hold, before the server answered
+	SynHoldNone  SynHold = iota // not held: sent at once
+	SynHoldHeld                 // sent once the server had answered
+	SynHoldAtCap                // sent at the longest hold, before the server answered
 )
 
 func (h SynHold) String() string {

@@ -58,7 +58,7 @@ type Holder struct {
 	flows map[flowKey]*flow
 
 	held, released, atCap, refusedReset, refusedUnreachable, sendErrors atomic.Uint64
-	done                                                               chan struct{}
+	done                                                                chan struct{}
 }
 
 type flowKey struct{ client, local netip.AddrPort }
