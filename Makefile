@@ -16,7 +16,8 @@ BIN       := bin/converter
 FUZZ_TARGETS := ./tlv:FuzzParseRequest:400000x ./tlv:FuzzParseReply:400000x \
 	./dissect:FuzzDecode:300000x ./capture:FuzzStreams:150000x \
 	./internal/mptcpevents:FuzzDecode:200000x ./sockinfo:FuzzDecode:500000x \
-	./nat:FuzzPool:2000x ./cookie:FuzzValid:800000x
+	./nat:FuzzPool:2000x ./cookie:FuzzValid:800000x \
+	./synhold:FuzzHeldFrame:200000x
 
 # Debian packages the tests and the demo use at run time.
 DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy chromium curl
