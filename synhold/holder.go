@@ -126,6 +126,10 @@ type Hold struct {
 // the kernel refused its data, or the hold let it go already at the cap).
 func (h *Holder) Take(client, local netip.AddrPort) *Hold {
 	client, local = unmap(client), unmap(local)
+	// The map is read under the lock: a flow finished at the cap leaves
+	// it and the map together, and must not come back as a new hold.
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	fl, ok := h.prog.Lookup(client, local)
 	if !ok {
 		return nil
@@ -135,8 +139,6 @@ func (h *Holder) Take(client, local netip.AddrPort) *Hold {
 		return nil
 	}
 	k := flowKey{client, local}
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	f := h.flows[k]
 	if f == nil { // the reader has not seen the frame yet
 		f = &flow{key: k, arrived: make(chan struct{})}
