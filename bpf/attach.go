@@ -119,7 +119,7 @@ func (t *tcxLinks) status() []Attachment {
 	defer t.mu.Unlock()
 	out := make([]Attachment, 0, len(t.links))
 	for _, l := range t.links {
-		a := Attachment{Interface: l.name, Ifindex: l.ifindex, Netns: l.netns}
+		a := Attachment{Hook: t.hook(), Interface: l.name, Ifindex: l.ifindex, Netns: l.netns}
 		// A link whose interface was deleted still has an id; its
 		// ifindex reads 0 then.
 		if info, err := l.l.Info(); err == nil {

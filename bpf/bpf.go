@@ -52,8 +52,9 @@ type Status struct {
 	Maps      []MapStatus
 }
 
-// Attachment is one tcx ingress link.
+// Attachment is one tcx link.
 type Attachment struct {
+	Hook      string // "tcx ingress" or "tcx egress"
 	Interface string // name when attached
 	Ifindex   int    // 0 once the interface is gone (the kernel detached the link)
 	Netns     uint64 // inode of the network namespace it was attached in

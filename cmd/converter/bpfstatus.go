@@ -57,11 +57,15 @@ type bpfStatusView struct {
 	SynAckCapture  *programView      `json:"synack_capture"`
 	SynwinCounters map[string]uint64 `json:"synwin_counters"`
 	Synwin         *programView      `json:"synwin"`
+	SynHold        *programView      `json:"syn_hold"`
+	SynHoldCounts  map[string]uint64 `json:"syn_hold_counters"`
+	SynHoldPending *int              `json:"syn_hold_pending"`
 }
 
 type programView struct {
 	ProgramID uint32
 	Links     []struct {
+		Hook      string
 		Interface string
 		Ifindex   int
 		LinkID    uint32
@@ -78,21 +82,25 @@ func printBPFStatus(out io.Writer, raw json.RawMessage) error {
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return cli.Exit(fmt.Sprintf("converter: bpf status: %v", err), 1)
 	}
-	if v.Steering == nil && v.SynAckCapture == nil && v.Synwin == nil {
-		fmt.Fprintln(out, "no eBPF program loaded (run the converter with --transparent or --server-iface, or on a kernel that needs the TFO window clamp)")
+	if v.Steering == nil && v.SynAckCapture == nil && v.Synwin == nil && v.SynHold == nil {
+		fmt.Fprintln(out, "no eBPF program loaded (run the converter with --transparent, --server-iface or --syn-hold, or on a kernel that needs the TFO window clamp)")
 		return nil
 	}
 	for _, p := range []struct {
 		name     string
 		prog     *programView
 		counters map[string]uint64
-	}{{"tfo window clamp", v.Synwin, v.SynwinCounters}, {"steering", v.Steering, v.Counters}, {"synack capture", v.SynAckCapture, v.SynAckCounters}} {
+	}{{"tfo window clamp", v.Synwin, v.SynwinCounters}, {"steering", v.Steering, v.Counters}, {"synack capture", v.SynAckCapture, v.SynAckCounters}, {"syn hold", v.SynHold, v.SynHoldCounts}} {
 		if p.prog == nil {
 			continue
 		}
 		fmt.Fprintf(out, "%s: program %d\n", p.name, p.prog.ProgramID)
 		for _, l := range p.prog.Links {
-			fmt.Fprintf(out, "  tcx ingress %s (ifindex %d) link %d\n", l.Interface, l.Ifindex, l.LinkID)
+			hook := l.Hook
+			if hook == "" { // a predecessor's answer during an upgrade
+				hook = "tcx ingress"
+			}
+			fmt.Fprintf(out, "  %s %s (ifindex %d) link %d\n", hook, l.Interface, l.Ifindex, l.LinkID)
 		}
 		for _, m := range p.prog.Maps {
 			fmt.Fprintf(out, "  map %s: %d of %d entries\n", m.Name, m.Entries, m.MaxEntries)
@@ -103,8 +111,11 @@ func printBPFStatus(out io.Writer, raw json.RawMessage) error {
 		}
 		sort.Strings(names)
 		for _, n := range names {
-			fmt.Fprintf(out, "  %-14s %d\n", n, p.counters[n])
+			fmt.Fprintf(out, "  %-19s %d\n", n, p.counters[n])
 		}
+	}
+	if v.SynHoldPending != nil {
+		fmt.Fprintf(out, "  %-19s %d\n", "held now", *v.SynHoldPending)
 	}
 	return nil
 }

@@ -32,7 +32,7 @@ func labCommand(io stdio) *cli.Command {
 			"`ip netns exec NAME-cli ...`.",
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return usageError("lab: unknown command %q: want up, down or status", c.Args().First())
+				return usageError("lab: unknown command %q: want up, down, status or delay", c.Args().First())
 			}
 			return cli.ShowSubcommandHelp(c)
 		},
