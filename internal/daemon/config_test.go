@@ -63,6 +63,11 @@ func TestValidate(t *testing.T) {
 		{"metrics listen", func(c *Config) { c.MetricsListen = "9464" }, nil, `--metrics-listen "9464"`},
 		{"web", func(c *Config) { c.Web = "localhost:web" }, nil, `--web "localhost:web": address`},
 		{"web ok", func(c *Config) { c.Web = "127.0.0.1:8080" }, nil, ""},
+		{"syn hold", func(c *Config) { c.SynHold = true }, nil, ""},
+		{"syn hold past the client's RTO", func(c *Config) { c.SynHold, c.SynHoldMax = true, time.Second }, nil, "--syn-hold-max 1s: above 0 and at most 900ms"},
+		{"syn hold of nothing", func(c *Config) { c.SynHold, c.SynHoldMax = true, 0 }, nil, "--syn-hold-max 0s"},
+		{"syn-hold-max alone", func(*Config) {}, func(f string) bool { return f == "syn-hold-max" }, "--syn-hold-max has no effect without --syn-hold"},
+		{"syn hold and verify-client-first", func(c *Config) { c.SynHold, c.VerifyClientFirst = true, true }, nil, "--syn-hold and --verify-client-first exclude each other"},
 		{"share", func(c *Config) {
 			c.NAT, c.Pool, c.PortBlock = NATShare, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/28")}, 16
 		}, nil, ""},
