@@ -10,7 +10,8 @@
 // direction whose SYN was not captured is not followed. Segments are put
 // back in sequence order: data in a SYN (TCP Fast Open), data split over
 // segments, segments out of order, retransmitted or overlapping give each
-// byte once.
+// byte once. Read also tells when each connection's SYN and SYN+ACK were
+// captured, so that the order in which connections were opened shows.
 package capture
 
 import (
@@ -54,6 +55,22 @@ type Stream struct {
 	// Snapped means the capture cut short a packet that carried part of
 	// Data (its snap length): the stream may go on past Data.
 	Snapped bool
+	// Handshake is the index of the stream's connection in the
+	// handshakes that Read returns.
+	Handshake int
+}
+
+// Handshake is how a connection whose Client SYN was captured was opened:
+// it tells when each side sent its SYN, which no Stream does when the SYN
+// carries no data.
+type Handshake struct {
+	Client, Server netip.AddrPort
+	// SYN and SYNACK are the 1-based packet numbers of the Client's SYN
+	// and of the first SYN+ACK that answered it, 0 when it was not
+	// captured; SYNTime and SYNACKTime are their timestamps in UTC. A
+	// retransmitted SYN (same sequence number) keeps the first.
+	SYN, SYNACK         int
+	SYNTime, SYNACKTime time.Time
 }
 
 // DefaultLimit is the Limit of Options that leave it zero.
@@ -136,14 +153,19 @@ func (w Warning) String() string {
 // read before it. A capture cut inside its last packet is not an error:
 // it gives an EndsInPacket warning.
 func Streams(r io.Reader, opts Options) ([]Stream, error) {
+	streams, _, err := Read(r, opts)
+	return streams, err
+}
+
+// Read is Streams that also returns the Handshake of every connection
+// whose Client SYN was captured, in the order of their SYNs, data or not.
+func Read(r io.Reader, opts Options) ([]Stream, []Handshake, error) {
 	src, err := openSource(r)
 	if err != nil {
-		return nil, err
-	}
-	if opts.Limit <= 0 {
-		opts.Limit = DefaultLimit
+		return nil, nil, err
 	}
 	t := newTracker(opts)
 	err = t.read(src)
-	return t.close(), err
+	streams := t.close()
+	return streams, t.handshakes, err
 }

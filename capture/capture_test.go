@@ -217,15 +217,21 @@ func FuzzStreams(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var ws []Warning
-		streams, _ := Streams(bytes.NewReader(b), collect(&ws))
+		streams, hs, _ := Read(bytes.NewReader(b), collect(&ws))
 		for i, s := range streams {
 			if len(s.Data) == 0 || s.Packet < 1 || (i > 0 && streams[i-1].Packet > s.Packet) ||
-				!s.Src.IsValid() || !s.Dst.IsValid() || s.Time.Location() != time.UTC || s.Dir > FromServer {
+				!s.Src.IsValid() || !s.Dst.IsValid() || s.Time.Location() != time.UTC || s.Dir > FromServer ||
+				s.Handshake >= len(hs) || connKeyOf(s.Src, s.Dst) != connKeyOf(hs[s.Handshake].Client, hs[s.Handshake].Server) {
 				t.Fatalf("stream %d: %+v", i, s)
 			}
 			js, err := dissect.Decode(s.Data, messageDir(s.Dir)).JSON()
 			if err != nil || !json.Valid(js) || bytes.Contains(js, []byte("\n")) {
 				t.Fatalf("stream %d: bad JSON %q (%v)", i, js, err)
+			}
+		}
+		for i, h := range hs {
+			if h.SYN < 1 || (i > 0 && hs[i-1].SYN >= h.SYN) || (h.SYNACK != 0 && h.SYNACK <= h.SYN) {
+				t.Fatalf("handshake %d: %+v", i, h)
 			}
 		}
 		for _, w := range ws {

@@ -33,6 +33,7 @@ type stream struct {
 	sawData bool
 	snapped bool // a packet of prefix was cut short by the capture
 	done    bool // it was given as a Stream
+	conn    int  // index of its connection in tracker.handshakes
 }
 
 // offset is where the payload of p starts in the stream: SYN data comes
@@ -122,9 +123,10 @@ type conn struct {
 
 // tracker follows the TCP connections of a capture.
 type tracker struct {
-	opts    Options
-	conns   map[connKey]*conn
-	streams []Stream
+	opts       Options
+	conns      map[connKey]*conn
+	streams    []Stream
+	handshakes []Handshake // of every conn, also those ended
 }
 
 func newTracker(opts Options) *tracker {
@@ -177,6 +179,9 @@ func (t *tracker) packet(p *tcpPacket) {
 		dir = FromClient
 	}
 	s := &c.streams[dir]
+	if h := &t.handshakes[s.conn]; p.syn && p.ack && dir == FromServer && h.SYNACK == 0 {
+		h.SYNACK, h.SYNACKTime = p.index, p.time // a retransmitted SYN+ACK keeps the first
+	}
 	if p.syn && !s.started {
 		s.started, s.isn = true, p.seq
 	}
@@ -208,8 +213,9 @@ func (t *tracker) connFor(p *tcpPacket) *conn {
 	}
 	c = &conn{index: p.index, client: p.src}
 	for d := range c.streams {
-		c.streams[d].dir, c.streams[d].limit = Direction(d), t.opts.Limit
+		c.streams[d].dir, c.streams[d].limit, c.streams[d].conn = Direction(d), t.opts.Limit, len(t.handshakes)
 	}
+	t.handshakes = append(t.handshakes, Handshake{Client: p.src, Server: p.dst, SYN: p.index, SYNTime: p.time})
 	t.conns[key] = c
 	return c
 }
@@ -224,14 +230,15 @@ func (t *tracker) try(s *stream) {
 
 func (t *tracker) emit(s *stream) {
 	t.streams = append(t.streams, Stream{
-		Dir:     s.dir,
-		Data:    s.prefix,
-		Packet:  s.first.index,
-		Time:    s.first.time,
-		Src:     s.first.src,
-		Dst:     s.first.dst,
-		SYN:     s.first.syn,
-		Snapped: s.snapped,
+		Dir:       s.dir,
+		Data:      s.prefix,
+		Packet:    s.first.index,
+		Time:      s.first.time,
+		Src:       s.first.src,
+		Dst:       s.first.dst,
+		SYN:       s.first.syn,
+		Snapped:   s.snapped,
+		Handshake: s.conn,
 	})
 	s.done, s.prefix, s.pending = true, nil, nil
 }

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/urfave/cli/v2"
@@ -40,6 +42,18 @@ decoded as it is (refused as truncated). In a capture, trailing_bytes counts
 the contiguous bytes after the message that were held when it was decoded:
 for a message in one segment, the rest of that segment.
 
+A request that rides in the Client's SYN with a Connect TLV is followed by a
+handshake record: the times, after the Client's SYN, of the server-leg SYN
+(the converter's SYN to the Connect destination), of the server's SYN+ACK and
+of the converter's SYN+ACK to the Client, or "not captured". "held" means the
+converter answered the Client at or after the server answered it, as
+--syn-hold does; capture both legs in one file (tcpdump -i any in the
+converter's namespace). The server leg is the first connection opened to the
+destination after the Client's SYN that is neither a Client's own (in
+transparent mode a Client addresses the destination itself) nor the leg of
+an earlier Client, so concurrent Clients of one destination take the legs in
+order. Handshake records leave the exit status as it is.
+
 Exit status: 0 when every message is valid, 1 when the converter (or, for a
 reply, the Client) would refuse one, 2 on usage or file errors.
 
@@ -47,7 +61,13 @@ JSON: --hex prints one message object, with the converter's version in
 "converter_version" ("version" is the message's); --pcap prints one record
 per line: {"version","time","src","dst","syn","direction","message"},
 version the converter's, time in RFC 3339 UTC with nine fractional digits,
-src and dst those of the packet that carries the first byte of the message.`
+src and dst those of the packet that carries the first byte of the message.
+A handshake record is {"version","kind":"handshake","client","converter",
+"destination","client_syn","server_syn","server_synack","client_synack",
+"held"}: converter is the address the Client's SYN went to, the times are
+formatted as "time" or null when not captured, and held is true when both
+SYN+ACKs were captured and the Client's left at or after the server's.
+Message records have no "kind": they are those with "message".`
 
 // decodeCommand is "converter decode".
 func decodeCommand(std stdio) *cli.Command {
@@ -153,9 +173,10 @@ func decodeJSONLine(v any) ([]byte, error) {
 
 // pcapRecord is one decoded message of a capture.
 type pcapRecord struct {
-	stream capture.Stream
-	dir    dissect.Direction
-	msg    *dissect.Message
+	stream    capture.Stream
+	dir       dissect.Direction
+	msg       *dissect.Message
+	handshake *pcapHandshake // printed after the message; nil for none
 }
 
 // messageDir is who sends the messages of a stream: the Client opens the
@@ -199,12 +220,13 @@ func decodePcap(path string, asJSON bool, std stdio) error {
 		return usageError("decode: %v", err)
 	}
 	defer closeIn()
-	streams, readErr := capture.Streams(in, pcapOptions(std.err))
+	streams, handshakes, readErr := capture.Read(in, pcapOptions(std.err))
 	recs := make([]pcapRecord, 0, len(streams))
 	for _, s := range streams {
 		dir := messageDir(s.Dir)
 		recs = append(recs, pcapRecord{stream: s, dir: dir, msg: dissect.Decode(s.Data, dir)})
 	}
+	matchHandshakes(recs, handshakes)
 	if err := writePcapRecords(std.out, recs, asJSON); err != nil {
 		return err
 	}
@@ -233,6 +255,9 @@ func writePcapRecords(w io.Writer, recs []pcapRecord, asJSON bool) error {
 	for _, r := range recs {
 		if !asJSON {
 			b.WriteString(pcapRecordText(r))
+			if r.handshake != nil {
+				b.WriteString(r.handshake.text())
+			}
 			continue
 		}
 		line, err := versionedJSON(pcapRecordJSONOf(r), "")
@@ -240,6 +265,12 @@ func writePcapRecords(w io.Writer, recs []pcapRecord, asJSON bool) error {
 			return err
 		}
 		b.Write(line)
+		if r.handshake != nil {
+			if line, err = versionedJSON(r.handshake.json(), ""); err != nil {
+				return err
+			}
+			b.Write(line)
+		}
 	}
 	_, err := w.Write(b.Bytes())
 	return err
@@ -276,4 +307,124 @@ func pcapRecordText(r pcapRecord) string {
 	}
 	return fmt.Sprintf("%s %s -> %s %s%s\n%s", r.stream.Time.UTC().Format(pcapTimeFormat),
 		r.stream.Src, r.stream.Dst, r.dir, syn, r.msg.Text())
+}
+
+// pcapHandshake is the opening of a Client connection whose request rode
+// in its SYN, and of its server leg: the order --syn-hold sets.
+type pcapHandshake struct {
+	client, converter, dest netip.AddrPort
+	// The Client's SYN, the server-leg SYN, the server's SYN+ACK and the
+	// converter's SYN+ACK to the Client; zero when not captured.
+	clientSYN, serverSYN, serverSYNACK, clientSYNACK time.Time
+}
+
+// synConnect is the Connect destination of a request in a SYN. Only such a
+// request lets the converter open the server leg before it answers the
+// Client, so only it has a handshake order to show.
+func synConnect(r pcapRecord) (netip.AddrPort, bool) {
+	if r.dir != dissect.Request || !r.stream.SYN {
+		return netip.AddrPort{}, false
+	}
+	var m tlv.Message
+	tlv.ParseRequest(r.stream.Data, &m) // m keeps the TLVs read before an error
+	c, ok := m.Connect()
+	return c.AddrPort(), ok
+}
+
+// matchHandshakes gives each request in a SYN with a Connect its
+// handshake. Its server leg is the first connection opened to the
+// destination after its SYN that no earlier Client took. Records come in
+// the order of their SYNs, so each destination keeps a queue of its
+// candidate legs: a leg opened before the current SYN can be no later
+// Client's either, and is dropped.
+func matchHandshakes(recs []pcapRecord, hs []capture.Handshake) {
+	dests := map[int]netip.AddrPort{} // by index into recs
+	clients := map[int]bool{}         // by index into hs
+	for i, r := range recs {
+		if d, ok := synConnect(r); ok {
+			dests[i], clients[r.stream.Handshake] = d, true
+		}
+	}
+	legs := map[netip.AddrPort][]int{} // indexes into hs, ascending
+	for i, h := range hs {
+		if !clients[i] { // in transparent mode a Client's SYN goes to the destination too
+			legs[h.Server] = append(legs[h.Server], i)
+		}
+	}
+	for i := range recs {
+		dest, ok := dests[i]
+		if !ok {
+			continue
+		}
+		own := recs[i].stream.Handshake
+		h := &pcapHandshake{client: hs[own].Client, converter: hs[own].Server, dest: dest,
+			clientSYN: hs[own].SYNTime, clientSYNACK: hs[own].SYNACKTime}
+		q := legs[dest]
+		for len(q) > 0 && q[0] < own {
+			q = q[1:]
+		}
+		if len(q) > 0 {
+			h.serverSYN, h.serverSYNACK = hs[q[0]].SYNTime, hs[q[0]].SYNACKTime
+			q = q[1:]
+		}
+		legs[dest] = q
+		recs[i].handshake = h
+	}
+}
+
+// held reports whether the converter answered the Client at or after the
+// server answered the server leg.
+func (h *pcapHandshake) held() bool {
+	return !h.clientSYNACK.IsZero() && !h.serverSYNACK.IsZero() && !h.clientSYNACK.Before(h.serverSYNACK)
+}
+
+func (h *pcapHandshake) text() string {
+	at := func(t time.Time) string {
+		switch d := t.Sub(h.clientSYN); {
+		case t.IsZero():
+			return "not captured"
+		case d == 0:
+			return "+0"
+		default:
+			return fmt.Sprintf("%+.3fms", d.Seconds()*1000)
+		}
+	}
+	verdict := "not held: the client's SYN+ACK left before the server's"
+	switch {
+	case h.clientSYNACK.IsZero():
+		verdict = "not held: the client's SYN+ACK was not captured"
+	case h.serverSYNACK.IsZero():
+		verdict = "not held: the server's SYN+ACK was not captured"
+	case h.held():
+		verdict = "held: the client's SYN+ACK left after the server's"
+	}
+	return fmt.Sprintf("handshake %s -> %s via %s: client SYN %s, server-leg SYN %s, server SYN+ACK %s, client SYN+ACK %s (%s)\n",
+		h.client, h.converter, h.dest, at(h.clientSYN), at(h.serverSYN), at(h.serverSYNACK), at(h.clientSYNACK), verdict)
+}
+
+type pcapHandshakeJSON struct {
+	Kind         string  `json:"kind"`
+	Client       string  `json:"client"`
+	Converter    string  `json:"converter"`
+	Destination  string  `json:"destination"`
+	ClientSYN    *string `json:"client_syn"`
+	ServerSYN    *string `json:"server_syn"`
+	ServerSYNACK *string `json:"server_synack"`
+	ClientSYNACK *string `json:"client_synack"`
+	Held         bool    `json:"held"`
+}
+
+func (h *pcapHandshake) json() pcapHandshakeJSON {
+	at := func(t time.Time) *string {
+		if t.IsZero() {
+			return nil
+		}
+		s := t.UTC().Format(pcapTimeFormat)
+		return &s
+	}
+	return pcapHandshakeJSON{
+		Kind: "handshake", Client: h.client.String(), Converter: h.converter.String(), Destination: h.dest.String(),
+		ClientSYN: at(h.clientSYN), ServerSYN: at(h.serverSYN), ServerSYNACK: at(h.serverSYNACK), ClientSYNACK: at(h.clientSYNACK),
+		Held: h.held(),
+	}
 }

@@ -6,14 +6,18 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/convert-tc/converter/capture/capturetest"
 	"github.com/convert-tc/converter/dissect"
+	"github.com/convert-tc/converter/tlv"
 	"github.com/convert-tc/converter/tlv/tlvtest"
 )
 
@@ -176,6 +180,9 @@ var pcapFixtureRecords = map[string]struct {
 	"tfo-ipv4.pcap": {exitOK, []string{
 		`{"time":"2025-03-27T10:00:00.123456789Z","src":"192.0.2.10:40001","dst":"198.51.100.1:5124","syn":true,"direction":"request","message":` +
 			`{"version":1,"total_length":6,"tlvs":[{"type":10,"name":"Connect","length":5,"port":80,"address":"192.0.2.1","options":[]}],"trailing_bytes":37}}`,
+		// The request rides in the SYN; the capture holds no server leg.
+		`{"kind":"handshake","client":"192.0.2.10:40001","converter":"198.51.100.1:5124","destination":"192.0.2.1:80",` +
+			`"client_syn":"2025-03-27T10:00:00.123456789Z","server_syn":null,"server_synack":null,"client_synack":"2025-03-27T10:00:00.124000001Z","held":false}`,
 		`{"time":"2025-03-27T10:00:00.140000000Z","src":"198.51.100.1:5124","dst":"192.0.2.10:40001","syn":false,"direction":"reply","message":` +
 			`{"version":1,"total_length":7,"tlvs":[{"type":20,"name":"Extended TCP Header","length":6,"options":[{"kind":2,"data":"05b4"},{"kind":4,"data":""},{"kind":8,"data":"1122334455667788"},{"kind":1,"data":""},{"kind":3,"data":"07"}]}],"trailing_bytes":40}}`,
 	}},
@@ -229,6 +236,8 @@ func TestDecodePcapHuman(t *testing.T) {
 		"Convert v1, total length 6 words (24 bytes)",
 		"  Connect (10), 5 words: 192.0.2.1:80",
 		"  trailing bytes: 37",
+		"handshake 192.0.2.10:40001 -> 198.51.100.1:5124 via 192.0.2.1:80: client SYN +0, server-leg SYN not captured, " +
+			"server SYN+ACK not captured, client SYN+ACK +0.543ms (not held: the server's SYN+ACK was not captured)",
 		"2025-03-27T10:00:00.140000000Z 198.51.100.1:5124 -> 192.0.2.10:40001 reply",
 		"Convert v1, total length 7 words (28 bytes)",
 		"  Extended TCP Header (20), 6 words: MSS(2)=05b4 SACK-Permitted(4) Timestamps(8)=1122334455667788 NOP(1) Window Scale(3)=07",
@@ -336,6 +345,181 @@ func TestPcapFixtures(t *testing.T) {
 		}
 		if !bytes.Equal(got, want) {
 			t.Errorf("%s is stale: run go test -run TestPcapFixtures -update", path)
+		}
+	}
+}
+
+// connectRequest is a request whose Connect TLV names dest.
+func connectRequest(t testing.TB, dest string) []byte {
+	t.Helper()
+	d := netip.MustParseAddrPort(dest)
+	b, err := tlv.EndMessage(tlv.AppendConnect(tlv.BeginMessage(nil), tlv.Connect{Port: d.Port(), Addr: d.Addr()}), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// synAt is the SYN of connection conn's Client at at, carrying payload, or
+// with from Server the SYN+ACK that answers it.
+func synAt(conn int, from capturetest.Side, at time.Duration, payload []byte) capturetest.Packet {
+	if from == capturetest.Server {
+		return capturetest.Packet{Conn: conn, From: from, At: at, Flags: "SA", Seq: 5000, Ack: 1001}
+	}
+	return capturetest.Packet{Conn: conn, From: from, At: at, Flags: "S", Seq: 1000, Payload: payload}
+}
+
+// handshakeLines is the handshake records of decode --pcap of c, text
+// and JSON (without the version).
+func handshakeLines(t *testing.T, c capturetest.Capture) (text, js []string) {
+	t.Helper()
+	raw := c.Encode(t)
+	r := runDecodeCLI(t, raw, "decode", "--pcap", "-")
+	if r.code != exitOK || r.err != "" {
+		t.Fatalf("exit %d, stderr %q", r.code, r.err)
+	}
+	for _, l := range strings.Split(r.out, "\n") {
+		if strings.HasPrefix(l, "handshake ") {
+			text = append(text, l)
+		}
+	}
+	r = runDecodeCLI(t, raw, "decode", "--json", "--pcap", "-")
+	prefix := `{"version":` + jsonString(t, version) + `,"kind":"handshake",`
+	for _, l := range strings.Split(strings.TrimSuffix(r.out, "\n"), "\n") {
+		if strings.HasPrefix(l, prefix) {
+			js = append(js, "{"+strings.TrimPrefix(l, prefix))
+		} else if !strings.Contains(l, `"message":`) {
+			t.Errorf("a record is neither a message nor a handshake: %s", l)
+		}
+	}
+	return text, js
+}
+
+func TestDecodePcapHandshake(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	ms := time.Millisecond
+	req := connectRequest(t, "192.0.2.1:80")
+	client := capturetest.Conn{Client: ap("10.0.0.2:40000"), Server: ap("10.0.0.1:5124")}
+	leg := capturetest.Conn{Client: ap("10.0.1.1:50000"), Server: ap("192.0.2.1:80")}
+	const (
+		C = capturetest.Client
+		S = capturetest.Server
+	)
+	tests := []struct {
+		name  string
+		conns []capturetest.Conn
+		pkts  []capturetest.Packet
+		text  []string
+		json  []string // checked when given
+	}{{
+		name:  "held",
+		conns: []capturetest.Conn{client, leg},
+		pkts:  []capturetest.Packet{synAt(0, C, 0, req), synAt(1, C, ms/2, nil), synAt(1, S, 300*ms, nil), synAt(0, S, 300*ms+400_000, nil)},
+		text: []string{"handshake 10.0.0.2:40000 -> 10.0.0.1:5124 via 192.0.2.1:80: client SYN +0, server-leg SYN +0.500ms, " +
+			"server SYN+ACK +300.000ms, client SYN+ACK +300.400ms (held: the client's SYN+ACK left after the server's)"},
+		json: []string{`{"client":"10.0.0.2:40000","converter":"10.0.0.1:5124","destination":"192.0.2.1:80",` +
+			`"client_syn":"2025-03-27T10:00:00.000000000Z","server_syn":"2025-03-27T10:00:00.000500000Z",` +
+			`"server_synack":"2025-03-27T10:00:00.300000000Z","client_synack":"2025-03-27T10:00:00.300400000Z","held":true}`},
+	}, {
+		name:  "not held",
+		conns: []capturetest.Conn{client, leg},
+		pkts:  []capturetest.Packet{synAt(0, C, 0, req), synAt(1, C, ms/2, nil), synAt(0, S, ms, nil), synAt(1, S, 300*ms, nil)},
+		text: []string{"handshake 10.0.0.2:40000 -> 10.0.0.1:5124 via 192.0.2.1:80: client SYN +0, server-leg SYN +0.500ms, " +
+			"server SYN+ACK +300.000ms, client SYN+ACK +1.000ms (not held: the client's SYN+ACK left before the server's)"},
+		json: []string{`{"client":"10.0.0.2:40000","converter":"10.0.0.1:5124","destination":"192.0.2.1:80",` +
+			`"client_syn":"2025-03-27T10:00:00.000000000Z","server_syn":"2025-03-27T10:00:00.000500000Z",` +
+			`"server_synack":"2025-03-27T10:00:00.300000000Z","client_synack":"2025-03-27T10:00:00.001000000Z","held":false}`},
+	}, {
+		// A connection to the destination opened before the Client's SYN,
+		// and one to another port after it, are not its leg.
+		name: "missing server leg",
+		conns: []capturetest.Conn{leg, client,
+			{Client: ap("10.0.1.1:50001"), Server: ap("192.0.2.1:81")}},
+		pkts: []capturetest.Packet{synAt(0, C, 0, nil), synAt(0, S, ms, nil), synAt(1, C, 2*ms, req),
+			synAt(2, C, 3*ms, nil), synAt(2, S, 4*ms, nil), synAt(1, S, 5*ms, nil)},
+		text: []string{"handshake 10.0.0.2:40000 -> 10.0.0.1:5124 via 192.0.2.1:80: client SYN +0, server-leg SYN not captured, " +
+			"server SYN+ACK not captured, client SYN+ACK +3.000ms (not held: the server's SYN+ACK was not captured)"},
+		json: []string{`{"client":"10.0.0.2:40000","converter":"10.0.0.1:5124","destination":"192.0.2.1:80",` +
+			`"client_syn":"2025-03-27T10:00:00.002000000Z","server_syn":null,"server_synack":null,` +
+			`"client_synack":"2025-03-27T10:00:00.005000000Z","held":false}`},
+	}, {
+		// The server refused the leg (a RST): no SYN+ACK on either side.
+		name:  "refused",
+		conns: []capturetest.Conn{client, leg},
+		pkts: []capturetest.Packet{synAt(0, C, 0, req), synAt(1, C, ms, nil),
+			{Conn: 1, From: S, At: 2 * ms, Flags: "RA", Ack: 1001}, {Conn: 0, From: S, At: 3 * ms, Flags: "RA", Ack: 1025}},
+		text: []string{"handshake 10.0.0.2:40000 -> 10.0.0.1:5124 via 192.0.2.1:80: client SYN +0, server-leg SYN +1.000ms, " +
+			"server SYN+ACK not captured, client SYN+ACK not captured (not held: the client's SYN+ACK was not captured)"},
+	}, {
+		// Two Clients of one destination: the legs go to them in the
+		// order of their SYNs. The second is answered at the very time its
+		// server answered, which is held.
+		name: "concurrent",
+		conns: []capturetest.Conn{client, {Client: ap("10.0.0.3:40001"), Server: ap("10.0.0.1:5124")},
+			leg, {Client: ap("10.0.1.1:50002"), Server: ap("192.0.2.1:80")}},
+		pkts: []capturetest.Packet{synAt(0, C, 0, req), synAt(1, C, ms/10, req), synAt(2, C, ms/2, nil), synAt(3, C, 6*ms/10, nil),
+			synAt(3, S, 100*ms, nil), synAt(1, S, 100*ms, nil), synAt(2, S, 200*ms, nil), synAt(0, S, 200*ms+300_000, nil)},
+		text: []string{
+			"handshake 10.0.0.2:40000 -> 10.0.0.1:5124 via 192.0.2.1:80: client SYN +0, server-leg SYN +0.500ms, " +
+				"server SYN+ACK +200.000ms, client SYN+ACK +200.300ms (held: the client's SYN+ACK left after the server's)",
+			"handshake 10.0.0.3:40001 -> 10.0.0.1:5124 via 192.0.2.1:80: client SYN +0, server-leg SYN +0.500ms, " +
+				"server SYN+ACK +99.900ms, client SYN+ACK +99.900ms (held: the client's SYN+ACK left after the server's)",
+		},
+	}, {
+		name: "ipv6",
+		conns: []capturetest.Conn{{Client: ap("[2001:db8::2]:40000"), Server: ap("[2001:db8::1]:5124")},
+			{Client: ap("[2001:db8::1]:50000"), Server: ap("[2001:db8:1::1]:443")}},
+		pkts: []capturetest.Packet{synAt(0, C, 0, connectRequest(t, "[2001:db8:1::1]:443")), synAt(1, C, ms/2, nil),
+			synAt(1, S, 30*ms, nil), synAt(0, S, 30*ms+100_000, nil)},
+		text: []string{"handshake [2001:db8::2]:40000 -> [2001:db8::1]:5124 via [2001:db8:1::1]:443: client SYN +0, server-leg SYN +0.500ms, " +
+			"server SYN+ACK +30.000ms, client SYN+ACK +30.100ms (held: the client's SYN+ACK left after the server's)"},
+		json: []string{`{"client":"[2001:db8::2]:40000","converter":"[2001:db8::1]:5124","destination":"[2001:db8:1::1]:443",` +
+			`"client_syn":"2025-03-27T10:00:00.000000000Z","server_syn":"2025-03-27T10:00:00.000500000Z",` +
+			`"server_synack":"2025-03-27T10:00:00.030000000Z","client_synack":"2025-03-27T10:00:00.030100000Z","held":true}`},
+	}, {
+		// Transparent mode: the Clients address the destination, which
+		// the converter answers as; it opens the legs from the first
+		// Client's address (preserve). The second Client's SYN comes
+		// before the first leg but is not a leg.
+		name: "transparent",
+		conns: []capturetest.Conn{{Client: ap("10.0.0.2:40000"), Server: ap("192.0.2.1:80")},
+			{Client: ap("10.0.0.3:40001"), Server: ap("192.0.2.1:80")},
+			{Client: ap("10.0.0.2:50000"), Server: ap("192.0.2.1:80")},
+			{Client: ap("10.0.0.3:50001"), Server: ap("192.0.2.1:80")}},
+		pkts: []capturetest.Packet{synAt(0, C, 0, req), synAt(1, C, ms/10, req), synAt(2, C, ms/2, nil), synAt(3, C, ms, nil),
+			synAt(2, S, 10*ms, nil), synAt(0, S, 10*ms+100_000, nil), synAt(3, S, 20*ms, nil), synAt(1, S, 20*ms+100_000, nil)},
+		text: []string{
+			"handshake 10.0.0.2:40000 -> 192.0.2.1:80 via 192.0.2.1:80: client SYN +0, server-leg SYN +0.500ms, " +
+				"server SYN+ACK +10.000ms, client SYN+ACK +10.100ms (held: the client's SYN+ACK left after the server's)",
+			"handshake 10.0.0.3:40001 -> 192.0.2.1:80 via 192.0.2.1:80: client SYN +0, server-leg SYN +0.900ms, " +
+				"server SYN+ACK +19.900ms, client SYN+ACK +20.000ms (held: the client's SYN+ACK left after the server's)",
+		},
+		json: []string{
+			`{"client":"10.0.0.2:40000","converter":"192.0.2.1:80","destination":"192.0.2.1:80",` +
+				`"client_syn":"2025-03-27T10:00:00.000000000Z","server_syn":"2025-03-27T10:00:00.000500000Z",` +
+				`"server_synack":"2025-03-27T10:00:00.010000000Z","client_synack":"2025-03-27T10:00:00.010100000Z","held":true}`,
+			`{"client":"10.0.0.3:40001","converter":"192.0.2.1:80","destination":"192.0.2.1:80",` +
+				`"client_syn":"2025-03-27T10:00:00.000100000Z","server_syn":"2025-03-27T10:00:00.001000000Z",` +
+				`"server_synack":"2025-03-27T10:00:00.020000000Z","client_synack":"2025-03-27T10:00:00.020100000Z","held":true}`,
+		},
+	}}
+	for _, tt := range tests {
+		// tcpdump -i any writes SLL2; the other framings must read the same.
+		for _, link := range []uint32{capturetest.LinkSLL2, capturetest.LinkEthernet, capturetest.LinkSLL} {
+			t.Run(fmt.Sprintf("%s/link%d", tt.name, link), func(t *testing.T) {
+				text, js := handshakeLines(t, capturetest.Capture{Name: tt.name, Link: link, Conns: tt.conns, Packets: tt.pkts})
+				if strings.Join(text, "\n") != strings.Join(tt.text, "\n") {
+					t.Errorf("text\n%s\nwant\n%s", strings.Join(text, "\n"), strings.Join(tt.text, "\n"))
+				}
+				if len(js) != len(tt.text) || tt.json != nil && strings.Join(js, "\n") != strings.Join(tt.json, "\n") {
+					t.Errorf("JSON\n%s\nwant\n%s", strings.Join(js, "\n"), strings.Join(tt.json, "\n"))
+				}
+				for i := range min(len(js), len(text)) {
+					if held := strings.Contains(js[i], `"held":true`); held != strings.Contains(text[i], "(held:") {
+						t.Errorf("record %d: JSON held %v, text %s", i, held, text[i])
+					}
+				}
+			})
 		}
 	}
 }
