@@ -15,22 +15,30 @@
 #   min-mptcp     the same, MPTCP client leg over both client paths
 #   conv-tcp      `converter run` in the converter namespace, TCP client leg
 #   conv-mptcp    the same, MPTCP client leg over both client paths
+#   conv-mptcp-hold  a second `converter run`, the same flags plus
+#                 --syn-hold, 10.201.1.1:5126, MPTCP client leg: its
+#                 SYN+ACK waits for the server's (connection rate only)
 # each for throughput (--bytes per round; uploads, downloads and both at
 # once: see --direction) and for connection rate (--duration,
-# --concurrency). Finally it opens --idle-count idle converted sessions
-# through a fresh converter and measures the converter's RSS growth per
-# session.
+# --concurrency). Around each connect run through a converter's MPTCP leg
+# it scrapes that converter's SYN-to-reply histogram (GET /metrics on its
+# control socket); after the rounds it reads the hold's counters
+# (`converter bpf status --json`). Finally it opens --idle-count idle
+# converted sessions through a fresh converter and measures the
+# converter's RSS growth per session.
 #
 # It writes --out/latest.json (every round's figures per path and
 # direction, their medians and spread, the ratios converter/direct,
 # converter/HAProxy, converter-MPTCP/direct-MPTCP, converter/minimal relay
-# (TCP and MPTCP legs) and minimal relay/HAProxy per direction and for the
-# connection rate, the idle figures and every raw record) and
+# (TCP and MPTCP legs), minimal relay/HAProxy per direction and for the
+# connection rate and converter with/without --syn-hold for the
+# connection rate, the SYN hold's figures ("syn_hold"), the idle figures
+# and every raw record) and
 # --out/latest.svg, the chart of it, both made by bench/chart (a Go module
 # of its own: `go -C bench/chart run . table -markdown "$PWD/bench/results/latest.json"`
 # prints the README's tables again), then prints the tables.
 #
-# Needs root, iproute2, jq and haproxy (installed with apt-get when
+# Needs root, iproute2, jq, curl and haproxy (installed with apt-get when
 # missing), and Go to build bin/converter, bench/minrelay, bench/idlefloor
 # and bench/chart.
 # The lab is torn down on exit and on interrupt. Every command is printed
@@ -111,6 +119,7 @@ SERVER=10.201.3.2:7000      # bench --serve, in the server namespace
 PROXY=10.201.1.1:7000       # HAProxy, in the converter namespace
 CONVERTER=10.201.1.1:5124   # converter run, in the converter namespace
 MINRELAY=10.201.1.1:5125    # bench/minrelay, in the converter namespace
+HOLD=10.201.1.1:5126        # converter run --syn-hold, in the converter namespace
 WORK=$(mktemp -d /tmp/converter-bench.XXXXXX)
 PIDS=()
 LAB_UP=0
@@ -129,7 +138,7 @@ trap cleanup EXIT
 trap 'echo "run.sh: interrupted" >&2; exit 130' INT
 trap 'exit 143' TERM
 
-for tool in haproxy jq; do
+for tool in haproxy jq curl; do
 	if ! command -v $tool >/dev/null; then
 		cmd apt-get update -qq
 		DEBIAN_FRONTEND=noninteractive cmd apt-get install -y -qq $tool >/dev/null
@@ -237,12 +246,56 @@ wait_listen "$CONV" 7000 haproxy
 # written to its log file, is part of what a connection costs. The lab's
 # server has a private address, refused by default; the one generator is
 # one client, whose default per-client rate and session caps would refuse
-# most of a connect or idle run.
-CONVERTER_FLAGS=(--listen "[::]:5124" --allow-destinations "${SERVER%:*}/32"
-	--rate-per-client 0 --max-sessions-per-client 100000)
+# most of a connect or idle run. Each converter has a control socket of
+# its own, in $WORK (its metrics and BPF counters are read there).
+CONVERTER_CTL=$WORK/converter.sock
+HOLD_CTL=$WORK/converter-hold.sock
+CONVERTER_COMMON=(--allow-destinations "${SERVER%:*}/32" --rate-per-client 0 --max-sessions-per-client 100000)
+CONVERTER_FLAGS=(--listen "[::]:${CONVERTER##*:}" --control "$CONVERTER_CTL" "${CONVERTER_COMMON[@]}")
 start converter "$CONV" "$BIN" run "${CONVERTER_FLAGS[@]}"
 CONVERTER_PID=$PID
-wait_listen "$CONV" 5124 converter
+wait_listen "$CONV" "${CONVERTER##*:}" converter
+
+# The same converter with --syn-hold, on its own port: its programs
+# (hold_syn at tcx ingress, hold_synack at tcx egress, on every interface
+# that is up, and the SYN+ACK capture at ingress that the hold needs)
+# note and hold only what goes to port 5126; the first converter's
+# programs are its own. But not the TFO window clamp (synwin, loaded where
+# the kernel has the fault): it lowers the window of every Convert SYN that
+# arrives in the namespace, whatever its port, so the first converter's
+# clamps this one's SYNs too, and a second clamp would lower each SYN's
+# window twice (every path's, the minimal relay's included).
+HOLD_FLAGS=(--listen "[::]:${HOLD##*:}" --control "$HOLD_CTL" "${CONVERTER_COMMON[@]}" --syn-hold --tfo-window-clamp off)
+start converter-hold "$CONV" "$BIN" run "${HOLD_FLAGS[@]}"
+HOLD_PID=$PID
+wait_listen "$CONV" "${HOLD##*:}" converter-hold
+
+# syn_to_reply SOCKET: the converter's convert_syn_to_reply_seconds
+# histogram as {"count", "sum_seconds", "le_seconds": [finite bounds],
+# "cumulative": [count at or below each]}; fails without an answer.
+syn_to_reply() {
+	local text
+	text=$(curl -sf --max-time 5 --unix-socket "$1" http://converter/metrics) || return 1
+	awk -v m=converter_convert_syn_to_reply_seconds '
+		index($0, m "_bucket{") == 1 && $0 !~ /le="\+Inf"/ {
+			match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+			les = les sep le; cum = cum sep $NF; sep = ","
+		}
+		$1 == m "_sum" { sum = $2 }
+		$1 == m "_count" { count = $2 }
+		END {
+			if (count == "") exit 1
+			printf "{\"count\": %s, \"sum_seconds\": %s, \"le_seconds\": [%s], \"cumulative\": [%s]}\n", count, sum, les, cum
+		}' <<<"$text" | jq -c .
+}
+# Until each converter serves its metrics.
+for ctl in "$CONVERTER_CTL" "$HOLD_CTL"; do
+	for ((i = 0; i < 100; i++)); do
+		syn_to_reply "$ctl" >/dev/null 2>&1 && break
+		sleep 0.05
+	done
+	((i < 100)) || die "no SYN-to-reply histogram on $ctl"
+done
 
 # The minimal relay: the converter's sockets, one fixed server like
 # HAProxy's, on the converter's addresses (port 5125).
@@ -251,6 +304,9 @@ wait_listen "$CONV" "${MINRELAY##*:}" minrelay
 
 # The cases: a name, then the generator's route flags.
 CASES=(direct-tcp direct-mptcp haproxy min-tcp min-mptcp conv-tcp conv-mptcp)
+# The connect runs add the converter with --syn-hold: the hold only
+# changes the handshake, which a throughput run does once in seconds.
+CONNECT_CASES=("${CASES[@]}" conv-mptcp-hold)
 declare -A FLAGS=(
 	[direct-tcp]="--mptcp=false"
 	[direct-mptcp]="--mptcp=true"
@@ -259,9 +315,13 @@ declare -A FLAGS=(
 	[min-mptcp]="--via $MINRELAY --mptcp=true"
 	[conv-tcp]="--via $CONVERTER --mptcp=false"
 	[conv-mptcp]="--via $CONVERTER --mptcp=true"
+	[conv-mptcp-hold]="--via $HOLD --mptcp=true"
 )
 # Where the MPTCP joins of a case land, for the nstat cross-check.
-declare -A JOIN_NS=([direct-mptcp]=$SRV [min-mptcp]=$CONV [conv-mptcp]=$CONV)
+declare -A JOIN_NS=([direct-mptcp]=$SRV [min-mptcp]=$CONV [conv-mptcp]=$CONV [conv-mptcp-hold]=$CONV)
+# The control socket whose SYN-to-reply histogram a case's connect runs
+# read, before and after the run.
+declare -A HIST_CTL=([conv-mptcp]=$CONVERTER_CTL [conv-mptcp-hold]=$HOLD_CTL)
 
 joins() { # NS: MPTcpExtMPJoinAckRx, without touching nstat's history
 	ip netns exec "$1" nstat -asz MPTcpExtMPJoinAckRx | awk '$1 == "MPTcpExtMPJoinAckRx" {print $2}'
@@ -270,16 +330,26 @@ joins() { # NS: MPTcpExtMPJoinAckRx, without touching nstat's history
 RESULTS=$WORK/results.jsonl
 # measure ROUND CASE MODE DIRECTION ARGS...: one generator run, recorded in
 # RESULTS with its round and case (a failed run as such, with its mode and
-# direction); DIRECTION is empty for connect runs.
+# direction); DIRECTION is empty for connect runs. A connect run of a case
+# in HIST_CTL also gets "syn_to_reply": the converter's SYN-to-reply
+# histogram over the run (the difference of the snapshots before and
+# after; null when a scrape failed).
 measure() {
-	local round=$1 case=$2 mode=$3 dir=$4 out j0=0 jn=null jns=${JOIN_NS[$2]:-}
+	local round=$1 case=$2 mode=$3 dir=$4 out j0=0 jn=null jns=${JOIN_NS[$2]:-} ctl='' h0=null h1=null
 	shift 4
+	[[ $mode != connect ]] || ctl=${HIST_CTL[$case]:-}
+	[[ -z $ctl ]] || h0=$(syn_to_reply "$ctl") || h0=null
 	[[ -z $jns ]] || j0=$(joins "$jns")
 	# shellcheck disable=SC2086 # FLAGS holds several words
 	if out=$(cmd timeout -k 5 600 ip netns exec "$CLI" "$BIN" bench ${FLAGS[$case]} --mode "$mode" ${dir:+--direction "$dir"} "$@" --json "$SERVER"); then
 		[[ -z $jns ]] || jn=$(($(joins "$jns") - j0))
-		jq -c --argjson round "$round" --arg case "$case" --argjson joins "$jn" \
-			'. + {round: $round, case: $case, joins: $joins}' <<<"$out" | tee -a "$RESULTS"
+		[[ -z $ctl ]] || h1=$(syn_to_reply "$ctl") || h1=null
+		jq -c --argjson round "$round" --arg case "$case" --argjson joins "$jn" --argjson h0 "$h0" --argjson h1 "$h1" --arg hist "${ctl:+1}" '
+			. + {round: $round, case: $case, joins: $joins}
+			+ if $hist == "" then {} elif $h0 == null or $h1 == null then {syn_to_reply: null} else
+				{syn_to_reply: {count: ($h1.count - $h0.count), sum_seconds: ($h1.sum_seconds - $h0.sum_seconds),
+					le_seconds: $h1.le_seconds,
+					cumulative: [range($h1.cumulative | length) as $i | $h1.cumulative[$i] - $h0.cumulative[$i]]}} end' <<<"$out" | tee -a "$RESULTS"
 	else
 		echo "run.sh: $case $mode $dir failed in round $round" >&2
 		jq -nc --argjson round "$round" --arg case "$case" --arg mode "$mode" --arg dir "$dir" \
@@ -294,13 +364,28 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			measure "$r" "$c" throughput "$d" --bytes "$BYTES" --streams "$STREAMS"
 		done
 	done
-	for c in "${CASES[@]}"; do
+	for c in "${CONNECT_CASES[@]}"; do
 		measure "$r" "$c" connect "" --duration "$DURATION" --concurrency "$CONCURRENCY"
 	done
 done
 echo "TIME_WAIT sockets: client $(ip netns exec "$CLI" ss -Htan state time-wait | wc -l)," \
 	"converter $(ip netns exec "$CONV" ss -Htan state time-wait | wc -l)," \
 	"server $(ip netns exec "$SRV" ss -Htan state time-wait | wc -l)"
+
+# The hold's counters over all the rounds (the hold converter served only
+# the conv-mptcp-hold runs): its BPF programs' (syns_noted, synacks_held,
+# ...) and its decisions (released, released_at_cap, refused_*,
+# send_errors) and the SYN+ACKs still held ("pending"). Then it stops,
+# before the idle sessions.
+echo "## syn hold"
+SYNHOLD_JSON=$WORK/synhold.json
+if status=$(cmd "$BIN" bpf status --control "$HOLD_CTL" --json); then
+	jq -c '(.syn_hold_counters // {}) + {pending: .syn_hold_pending}' <<<"$status" | tee "$SYNHOLD_JSON"
+else
+	echo "run.sh: no BPF status from the hold converter" >&2
+fi
+cmd kill "$HOLD_PID"
+wait "$HOLD_PID" 2>/dev/null || true
 
 # Memory per idle session, on a fresh converter so that memory freed by
 # the rounds does not hide the growth.
@@ -381,9 +466,10 @@ jq -n --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg kernel "$(uname -r)" --a
 	'{date: $date, kernel: $kernel, cpus: $cpus, go: $go, haproxy: $haproxy, source: $source,
 	  rounds: $rounds, bytes: $bytes, streams: $streams, directions: ($dirs | split(" ")),
 	  duration: $duration, concurrency: $concurrency}' >"$WORK/meta.json"
-IDLE_ARGS=()
-[[ ! -f $WORK/idle.json ]] || IDLE_ARGS=(-idle "$WORK/idle.json")
-cmd "$CHART" summarize -meta "$WORK/meta.json" "${IDLE_ARGS[@]}" "$RESULTS" >"$OUT/.latest.json"
+SUMMARY_ARGS=()
+[[ ! -f $WORK/idle.json ]] || SUMMARY_ARGS=(-idle "$WORK/idle.json")
+[[ ! -f $SYNHOLD_JSON ]] || SUMMARY_ARGS+=(-synhold "$SYNHOLD_JSON")
+cmd "$CHART" summarize -meta "$WORK/meta.json" "${SUMMARY_ARGS[@]}" "$RESULTS" >"$OUT/.latest.json"
 cmd "$CHART" draw "$OUT/.latest.json" "$OUT/.latest.svg"
 mv "$OUT/.latest.json" "$OUT/latest.json"
 mv "$OUT/.latest.svg" "$OUT/latest.svg"
@@ -398,5 +484,7 @@ echo "throughput: Gbit/s of each run; both: the bytes of both ways over the time
 echo "ratios: of the medians; in parentheses, the lowest and highest ratio within one round."
 echo "subflows: the generator socket's MPTCP_INFO subflow count at the end of each transfer (median);"
 echo "joins: MPTcpExtMPJoinAckRx during the throughput run, in the namespace that accepts the joins."
+echo "syn hold: conv-mptcp-hold against conv-mptcp; connect latency from the generator (connect to the last response byte),"
+echo "SYN to reply from each converter's histogram over the run (accept of the SYN to the Convert reply written)."
 [[ -z $IDLE_LINE ]] || echo "$IDLE_LINE"
 echo "written: $OUT/latest.json, $OUT/latest.svg"

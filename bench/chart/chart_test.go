@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -273,5 +274,239 @@ func TestGroupThousands(t *testing.T) {
 		if got := groupThousands(in); got != want {
 			t.Errorf("groupThousands(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// holdRecords add the SYN hold's case to records: two rounds of connect
+// runs of the converter's MPTCP leg without the hold (conv-mptcp) and with
+// it (conv-mptcp-hold), with the converter's SYN-to-reply histogram over
+// each run; round 2's scrape of conv-mptcp failed (null), and round 2 of
+// the hold put half its observations above the last bound.
+const holdRecords = `
+{"round":1,"case":"conv-mptcp","mode":"connect","connections":20000,"connections_per_second":4000,"latency_us":{"p50":7600,"p99":18000},"syn_to_reply":{"count":100,"sum_seconds":0.03,"le_seconds":[5e-05,0.0001,0.00025,0.0005,0.001],"cumulative":[0,10,60,90,100]}}
+{"round":1,"case":"conv-mptcp-hold","mode":"connect","connections":18000,"connections_per_second":3600,"latency_us":{"p50":8000,"p99":19000},"syn_to_reply":{"count":100,"sum_seconds":0.05,"le_seconds":[5e-05,0.0001,0.00025,0.0005,0.001],"cumulative":[0,0,20,70,100]}}
+{"round":2,"case":"conv-mptcp","mode":"connect","connections":22000,"connections_per_second":4400,"latency_us":{"p50":7000,"p99":17000},"syn_to_reply":null}
+{"round":2,"case":"conv-mptcp-hold","mode":"connect","connections":20000,"connections_per_second":4000,"latency_us":{"p50":7400,"p99":18000},"syn_to_reply":{"count":10,"sum_seconds":0.006,"le_seconds":[5e-05,0.0001,0.00025,0.0005,0.001],"cumulative":[0,0,0,0,5]}}
+`
+
+const holdCounters = `{"syns_noted":38050,"synacks_held":38050,"released":38050,"released_at_cap":0,"refused_reset":0,"pending":0}`
+
+func holdSummary(t *testing.T) Summary {
+	t.Helper()
+	recs, _, err := ReadRecords(strings.NewReader(records + holdRecords))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Summarize(recs)
+}
+
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+
+func nearPtr(p *float64, want float64) bool { return p != nil && near(*p, want) }
+
+func TestQuantile(t *testing.T) {
+	h := &Histogram{Count: 100, SumSeconds: 0.03, LeSeconds: []float64{0.001, 0.002, 0.004}, Cumulative: []float64{50, 50, 90}}
+	for _, c := range []struct{ q, want float64 }{
+		{0.25, 0.0005}, // within the first bucket, from 0
+		{0.5, 0.001},   // its upper bound; the empty bucket after it is skipped
+		{0.7, 0.003},   // half-way through the third
+		{0.95, 0.004},  // above the last bound: the last bound
+	} {
+		if got, ok := h.Quantile(c.q); !ok || !near(got, c.want) {
+			t.Errorf("quantile %v = %v, %v; want %v", c.q, got, ok, c.want)
+		}
+	}
+	if m, ok := h.Mean(); !ok || !near(m, 0.0003) {
+		t.Errorf("mean %v %v", m, ok)
+	}
+	for _, empty := range []*Histogram{nil, {}, {Count: 0, LeSeconds: []float64{1}, Cumulative: []float64{0}}, {Count: 3, LeSeconds: []float64{1, 2}, Cumulative: []float64{1}}} {
+		if _, ok := empty.Quantile(0.5); ok {
+			t.Errorf("quantile of %+v", empty)
+		}
+	}
+	if _, ok := (&Histogram{}).Mean(); ok {
+		t.Error("mean of an empty histogram")
+	}
+}
+
+func TestSynHold(t *testing.T) {
+	s := holdSummary(t)
+	if p := s.Paths[len(s.Paths)-1]; p.Name != "conv-mptcp-hold" || p.Label != "converter, MPTCP leg, --syn-hold" || !p.Throughput.empty() {
+		t.Fatalf("last path %+v", p)
+	}
+	hc := s.path("conv-mptcp-hold").Connect
+	if hc.PerSecond.Median != 3800 || hc.SynToReplyP50US == nil || len(hc.SynToReplyP50US.Rounds) != 2 {
+		t.Fatalf("hold connect %+v", hc)
+	}
+	// Round 1: p50 in (250 µs, 500 µs], 30 of its 50 observations in;
+	// round 2: p50 at the last bound, p99 above it.
+	if r := hc.SynToReplyP50US.Rounds; !near(r[0], 400) || !near(r[1], 1000) {
+		t.Errorf("hold SYN-to-reply p50 rounds %v", r)
+	}
+	if r := hc.SynToReplyP99US.Rounds; !near(r[0], 500+500*29.0/30) || !near(r[1], 1000) {
+		t.Errorf("hold SYN-to-reply p99 rounds %v", r)
+	}
+	if r := hc.SynToReplyMeanUS.Rounds; !near(r[0], 500) || !near(r[1], 600) {
+		t.Errorf("hold SYN-to-reply mean rounds %v", r)
+	}
+	// The baseline's round 2 scrape failed: one round of SYN-to-reply,
+	// two of the rest.
+	bc := s.path("conv-mptcp").Connect
+	if len(bc.PerSecond.Rounds) != 2 || bc.SynToReplyP50US == nil || len(bc.SynToReplyP50US.Rounds) != 1 || bc.SynToReplyP50US.RoundNumbers[0] != 1 {
+		t.Fatalf("baseline connect %+v", bc)
+	}
+	// The paths without histograms have no SYN-to-reply figures.
+	if c := s.path("conv-tcp").Connect; c.SynToReplyP50US != nil {
+		t.Errorf("conv-tcp has SYN-to-reply figures: %+v", c)
+	}
+
+	h := s.SynHold
+	if h == nil {
+		t.Fatal("no syn_hold")
+	}
+	if h.Path != "conv-mptcp-hold" || h.Baseline != "conv-mptcp" || h.Connections != 38000 || h.Counters != nil {
+		t.Errorf("syn_hold %+v", h)
+	}
+	if !nearPtr(h.ConnPerSecondRatio, 3800.0/4200) || len(h.ConnPerSecondRatioRounds) != 2 ||
+		!near(h.ConnPerSecondRatioRounds[0], 0.9) || !near(h.ConnPerSecondRatioRounds[1], 4000.0/4400) {
+		t.Errorf("conn/s ratio %v %v", h.ConnPerSecondRatio, h.ConnPerSecondRatioRounds)
+	}
+	for _, c := range []struct {
+		name       string
+		p          Pair
+		hold, base float64
+	}{
+		{"conn/s", h.ConnPerSecond, 3800, 4200},
+		{"p50", h.P50MS, 7.7, 7.3},
+		{"p99", h.P99MS, 18.5, 17.5},
+		{"SYN to reply p50", h.SynToReplyP50MS, 0.7, 0.22},
+		{"SYN to reply p99", h.SynToReplyP99MS, (0.5 + 0.5*29.0/30 + 1) / 2, 0.95},
+		{"SYN to reply mean", h.SynToReplyMeanMS, 0.55, 0.3},
+	} {
+		if !nearPtr(c.p.Hold, c.hold) || !nearPtr(c.p.NoHold, c.base) {
+			t.Errorf("%s: hold %v, no hold %v; want %v, %v", c.name, deref(c.p.Hold), deref(c.p.NoHold), c.hold, c.base)
+		}
+	}
+	// The hold's ratio comes last, after the ratios as they were.
+	last := s.Ratios[len(s.Ratios)-1]
+	if last.Path != "conv-mptcp-hold" || last.Baseline != "conv-mptcp" || last.Metric != metricConnRate || !nearPtr(last.Value, 3800.0/4200) {
+		t.Errorf("last ratio %+v", last)
+	}
+	if r := s.Ratios[0]; r.Path != "conv-tcp" || r.Baseline != "haproxy" || r.Direction != "up" {
+		t.Errorf("first ratio %+v", r)
+	}
+	// Without the hold's runs: no syn_hold, and the summary as before.
+	if s := summary(t); s.SynHold != nil || s.path("conv-mptcp-hold") != nil {
+		t.Errorf("syn_hold without its runs: %+v", s.SynHold)
+	}
+}
+
+func deref(p *float64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+func TestSynHoldTables(t *testing.T) {
+	s := holdSummary(t)
+	s.SynHold.Counters = json.RawMessage(holdCounters)
+	var text bytes.Buffer
+	if err := WriteTables(&text, s, false); err != nil {
+		t.Fatal(err)
+	}
+	var words strings.Builder
+	for line := range strings.Lines(text.String()) {
+		words.WriteString(strings.Join(strings.Fields(line), " ") + "\n")
+	}
+	for _, want := range []string{
+		"converter, MPTCP leg, --syn-hold - - - 3,800 (3,600–4,000) 7.7 (7.4–8.0) 18.5 (18.0–19.0)\n",
+		"converter, MPTCP leg, --syn-hold / converter, MPTCP leg - - - 0.90 (0.90–0.91)\n",
+		"--syn-hold (conv-mptcp-hold / conv-mptcp) without with with / without\n",
+		"conn/s 4,200 (4,000–4,400) 3,800 (3,600–4,000) 0.90 (0.90–0.91)\n",
+		"connect p50 ms 7.3 (7.0–7.6) 7.7 (7.4–8.0) 1.05\n",
+		"SYN to reply p50 ms 0.220 0.700 (0.400–1.000) 3.18\n",
+		"SYN to reply mean ms 0.300 0.550 (0.500–0.600) 1.83\n",
+		"hold counters (all rounds; 38000 connections measured): pending 0, refused_reset 0, released 38050, released_at_cap 0, synacks_held 38050, syns_noted 38050\n",
+	} {
+		if !strings.Contains(words.String(), want) {
+			t.Errorf("tables lack %q:\n%s", want, text.String())
+		}
+	}
+	// Without the hold's runs, no fourth table.
+	text.Reset()
+	if err := WriteTables(&text, summary(t), false); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(text.String(), "syn-hold") {
+		t.Errorf("a SYN hold table without its runs:\n%s", text.String())
+	}
+}
+
+func TestRunSynHold(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	recs := write("records.jsonl", records+holdRecords)
+	counters := write("synhold.json", holdCounters+"\n")
+	var out, errOut bytes.Buffer
+	if err := run([]string{"summarize", "-synhold", counters, recs}, &out, &errOut); err != nil {
+		t.Fatal(err, errOut.String())
+	}
+	// The JSON names, as latest.json's readers see them.
+	var doc struct {
+		SynHold map[string]json.RawMessage `json:"syn_hold"`
+		Records []json.RawMessage          `json:"records"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"path", "baseline", "conn_per_s_ratio", "conn_per_s_ratio_rounds", "conn_per_s", "p50_ms", "p99_ms",
+		"syn_to_reply_p50_ms", "syn_to_reply_p99_ms", "syn_to_reply_mean_ms", "connections", "counters"} {
+		if _, ok := doc.SynHold[k]; !ok {
+			t.Errorf("syn_hold lacks %q: %s", k, out.String())
+		}
+	}
+	var p50 map[string]*float64
+	if err := json.Unmarshal(doc.SynHold["p50_ms"], &p50); err != nil || !nearPtr(p50["hold"], 7.7) || !nearPtr(p50["no_hold"], 7.3) {
+		t.Errorf("p50_ms %s (%v)", doc.SynHold["p50_ms"], err)
+	}
+	var c map[string]int
+	if err := json.Unmarshal(doc.SynHold["counters"], &c); err != nil || c["synacks_held"] != 38050 || c["released_at_cap"] != 0 {
+		t.Errorf("counters %s (%v)", doc.SynHold["counters"], err)
+	}
+	if len(doc.Records) != 32 || !bytes.Contains(doc.Records[31], []byte(`"syn_to_reply":{"count":10,`)) {
+		t.Errorf("records: %d, the last %s", len(doc.Records), doc.Records[len(doc.Records)-1])
+	}
+	if !bytes.Contains(out.Bytes(), []byte(`"syn_to_reply_p50_us": {`)) {
+		t.Error("no syn_to_reply_p50_us in the paths")
+	}
+	sum := write("latest.json", out.String())
+	svg := filepath.Join(dir, "latest.svg")
+	if err := run([]string{"draw", sum, svg}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(svg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"conv. MPTCP hold / conv. MPTCP, conn/s: 0.90", "SYN hold", "3,800", "p99 18.5 ms", "S→R 0.70 ms", "S→R 0.22 ms"} {
+		if !bytes.Contains(b, []byte(want)) {
+			t.Errorf("the chart lacks %q", want)
+		}
+	}
+	// Not in the throughput panel: it has no throughput runs.
+	if bytes.Contains(b, []byte("converter, MPTCP leg, --syn-hold")) {
+		t.Error("the hold's case is in the throughput panel")
+	}
+	// Counters that are not an object are refused.
+	bad := write("bad.json", "[1]")
+	if err := run([]string{"summarize", "-synhold", bad, recs}, &out, &errOut); err == nil {
+		t.Error("counters as an array: no error")
 	}
 }

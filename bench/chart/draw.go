@@ -119,21 +119,28 @@ func throughputPlot(s Summary) (*plot.Plot, error) {
 	p.Legend.Top = true
 	p.Legend.Left = false
 	dirs := s.directions()
-	names := make([]string, len(s.Paths))
-	for i, path := range s.Paths {
-		names[i] = path.Label
+	// The paths measured for throughput (the SYN hold's is not).
+	var (
+		paths []Path
+		names []string
+	)
+	for _, path := range s.Paths {
+		if !path.Throughput.empty() {
+			paths = append(paths, path)
+			names = append(names, path.Label)
+		}
 	}
 	p.NominalX(names...)
 	for k, d := range dirs {
 		off := vg.Length(float64(k)-float64(len(dirs)-1)/2) * (barWidth + 2)
 		var (
-			vals          = make(plotter.Values, len(s.Paths))
+			vals          = make(plotter.Values, len(paths))
 			ws            = whiskers{offset: off}
 			labels        plotter.XYLabels
 			labelSpacing  = vg.Points(3)
 			haveAnyValues bool
 		)
-		for i, path := range s.Paths {
+		for i, path := range paths {
 			t := path.Throughput.get(d)
 			if t == nil {
 				continue
@@ -173,10 +180,11 @@ func throughputPlot(s Summary) (*plot.Plot, error) {
 }
 
 // connectPlot: one bar per path, labelled with the median and the p99
-// latency.
+// latency, and, where it was measured (the converter's MPTCP cases), the
+// converter's median SYN-to-reply p50.
 func connectPlot(s Summary) (*plot.Plot, error) {
 	p := plot.New()
-	p.Title.Text = "Connection rate (conn/s), p99 latency"
+	p.Title.Text = "Connection rate (conn/s), p99 latency; S→R: the converter's SYN-to-reply p50"
 	var (
 		names  []string
 		vals   plotter.Values
@@ -189,8 +197,8 @@ func connectPlot(s Summary) (*plot.Plot, error) {
 			continue
 		}
 		x := float64(len(names))
-		// On two lines: seven paths share the panel's width.
-		names = append(names, strings.Replace(shortLabel(path.Name), " ", "\n", 1))
+		// On two lines: eight paths share the panel's width.
+		names = append(names, connectLabel(path.Name))
 		if len(c.PerSecond.Rounds) == 0 {
 			vals = append(vals, 0)
 			labels.XYs = append(labels.XYs, plotter.XY{X: x, Y: 0})
@@ -200,7 +208,11 @@ func connectPlot(s Summary) (*plot.Plot, error) {
 		vals = append(vals, c.PerSecond.Median)
 		ws.add(x, c.PerSecond.Min, c.PerSecond.Max)
 		labels.XYs = append(labels.XYs, plotter.XY{X: x, Y: c.PerSecond.Max})
-		labels.Labels = append(labels.Labels, fmt.Sprintf("%s\np99 %.1f ms", groupThousands(fmt.Sprintf("%.0f", c.PerSecond.Median)), c.P99US.Median/1e3))
+		label := fmt.Sprintf("%s\np99 %.1f ms", groupThousands(fmt.Sprintf("%.0f", c.PerSecond.Median)), c.P99US.Median/1e3)
+		if st := c.SynToReplyP50US; st != nil && len(st.Rounds) > 0 {
+			label += fmt.Sprintf("\nS→R %.2f ms", st.Median/1e3)
+		}
+		labels.Labels = append(labels.Labels, label)
 	}
 	if len(vals) == 0 {
 		p.Title.Text += ": not measured"
@@ -407,8 +419,19 @@ func shortLabel(name string) string {
 		return "conv. TCP"
 	case "conv-mptcp":
 		return "conv. MPTCP"
+	case "conv-mptcp-hold":
+		return "conv. MPTCP hold"
 	}
 	return name
+}
+
+// connectLabel names a path under the connection rate's bars, on two
+// lines.
+func connectLabel(name string) string {
+	if name == "conv-mptcp-hold" {
+		return "conv. MPTCP\nSYN hold"
+	}
+	return strings.Replace(shortLabel(name), " ", "\n", 1)
 }
 
 // whiskers draws a line from lo to hi with caps at both ends, at each

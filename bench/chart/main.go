@@ -1,13 +1,16 @@
 // Command chart turns the records of bench/run.sh into
 // bench/results/latest.json, draws its chart and prints its tables:
 //
-//	chart summarize [-meta META.json] [-idle IDLE.json] RECORDS.jsonl > latest.json
+//	chart summarize [-meta META.json] [-idle IDLE.json] [-synhold COUNTERS.json] RECORDS.jsonl > latest.json
 //	chart draw latest.json latest.svg
 //	chart table [-markdown] latest.json
 //
 // RECORDS.jsonl holds one `converter bench --json` result a line, tagged
 // with "round" and "case" (the path), or {"round", "case", "mode",
-// "direction", "failed": true} for a run that failed. It is a module of
+// "direction", "failed": true} for a run that failed; the connect runs of
+// the converter's MPTCP cases also carry "syn_to_reply", its SYN-to-reply
+// histogram over the run. COUNTERS.json is the SYN hold converter's
+// counters, kept as "syn_hold"."counters". It is a module of
 // its own so that the plotting library (gonum.org/v1/plot) stays out of
 // the converter's module; run it from the repository root with
 // `go -C bench/chart run . ...` and absolute paths, or build it with
@@ -34,7 +37,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: chart summarize [-meta FILE] [-idle FILE] RECORDS.jsonl | chart draw SUMMARY.json OUT.svg | chart table [-markdown] SUMMARY.json")
+var errUsage = errors.New("usage: chart summarize [-meta FILE] [-idle FILE] [-synhold FILE] RECORDS.jsonl | chart draw SUMMARY.json OUT.svg | chart table [-markdown] SUMMARY.json")
 
 // run is the command with its arguments and output, for the tests.
 func run(args []string, stdout, stderr io.Writer) error {
@@ -47,10 +50,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "summarize":
 		meta := fs.String("meta", "", "a JSON file with what the run was (date, kernel, options), kept as \"meta\"")
 		idle := fs.String("idle", "", "a JSON file with the idle-session measurement, kept as \"idle\"")
+		synhold := fs.String("synhold", "", "a JSON object with the SYN hold converter's counters, kept as \"syn_hold\".\"counters\"")
 		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 1 {
 			return errUsage
 		}
-		return summarize(fs.Arg(0), *meta, *idle, stdout)
+		return summarize(fs.Arg(0), *meta, *idle, *synhold, stdout)
 	case "draw":
 		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 2 {
 			return errUsage
@@ -78,7 +82,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	return errUsage
 }
 
-func summarize(records, metaFile, idleFile string, out io.Writer) error {
+func summarize(records, metaFile, idleFile, synholdFile string, out io.Writer) error {
 	f, err := os.Open(records)
 	if err != nil {
 		return err
@@ -112,6 +116,20 @@ func summarize(records, metaFile, idleFile string, out io.Writer) error {
 			return fmt.Errorf("%s: not JSON", idleFile)
 		}
 		s.Idle = json.RawMessage(bytes.TrimSpace(b))
+	}
+	if synholdFile != "" {
+		b, err := os.ReadFile(synholdFile)
+		if err != nil {
+			return err
+		}
+		b = bytes.TrimSpace(b)
+		if !json.Valid(b) || len(b) == 0 || b[0] != '{' {
+			return fmt.Errorf("%s: not a JSON object", synholdFile)
+		}
+		if s.SynHold == nil { // no connect run of the hold's case: the counters alone
+			s.SynHold = &SynHold{Path: holdPath, Baseline: holdBaseline, ConnPerSecondRatioRounds: []float64{}}
+		}
+		s.SynHold.Counters = json.RawMessage(b)
 	}
 	b, err := marshalSummary(s)
 	if err != nil {

@@ -24,7 +24,15 @@ var paths = []struct{ Name, Label string }{
 	{"min-mptcp", "minimal relay, MPTCP leg"},
 	{"conv-tcp", "converter, TCP leg"},
 	{"conv-mptcp", "converter, MPTCP leg"},
+	// The same converter with --syn-hold: connection rate only.
+	{"conv-mptcp-hold", "converter, MPTCP leg, --syn-hold"},
 }
+
+// The SYN hold's case and its baseline: the same converter without it.
+const (
+	holdPath     = "conv-mptcp-hold"
+	holdBaseline = "conv-mptcp"
+)
 
 // The throughput directions, in the order they are shown.
 var directions = []string{"up", "down", "both"}
@@ -42,6 +50,9 @@ var trackedRatios = []struct{ Path, Baseline string }{
 	{"conv-tcp", "min-tcp"},
 	{"conv-mptcp", "min-mptcp"},
 	{"min-tcp", "haproxy"},
+	// The converter with --syn-hold against the same without (only the
+	// connection rate is measured with the hold).
+	{holdPath, holdBaseline},
 }
 
 // Metrics a ratio compares.
@@ -66,12 +77,58 @@ type Record struct {
 	Subflows      *int      `json:"subflows"`
 	Joins         *int      `json:"joins"`
 	// Connect runs.
+	Connections          int64   `json:"connections"`
 	ConnectionsPerSecond float64 `json:"connections_per_second"`
 	Errors               int64   `json:"errors"`
 	LatencyUS            struct {
 		P50 float64 `json:"p50"`
 		P99 float64 `json:"p99"`
 	} `json:"latency_us"`
+	// SynToReply is the converter's SYN-to-reply histogram over a
+	// connect run, as bench/run.sh scraped it (the converter's MPTCP
+	// cases only; null when a scrape failed).
+	SynToReply *Histogram `json:"syn_to_reply"`
+}
+
+// Histogram is the difference of two snapshots of a Prometheus histogram
+// (the converter's convert_syn_to_reply_seconds): the observations
+// between them.
+type Histogram struct {
+	Count      float64 `json:"count"`
+	SumSeconds float64 `json:"sum_seconds"`
+	// LeSeconds are the finite upper bounds, in order; Cumulative the
+	// observations at or below each. Those above the last bound are
+	// Count less the last cumulative count.
+	LeSeconds  []float64 `json:"le_seconds"`
+	Cumulative []float64 `json:"cumulative"`
+}
+
+// Quantile estimates the q-quantile (0 < q < 1) the way Prometheus'
+// histogram_quantile does: linear interpolation within the bucket that
+// holds it (from 0 in the first bucket), the highest finite bound when it
+// lies above it. ok is false without observations.
+func (h *Histogram) Quantile(q float64) (v float64, ok bool) {
+	if h == nil || h.Count <= 0 || len(h.LeSeconds) == 0 || len(h.LeSeconds) != len(h.Cumulative) {
+		return 0, false
+	}
+	rank := q * h.Count
+	below, lower := 0.0, 0.0
+	for i, le := range h.LeSeconds {
+		c := h.Cumulative[i]
+		if c >= rank && c > below {
+			return lower + (le-lower)*(rank-below)/(c-below), true
+		}
+		below, lower = c, le
+	}
+	return h.LeSeconds[len(h.LeSeconds)-1], true
+}
+
+// Mean is the mean observation (exact: the sum is kept to the nanosecond).
+func (h *Histogram) Mean() (v float64, ok bool) {
+	if h == nil || h.Count <= 0 {
+		return 0, false
+	}
+	return h.SumSeconds / h.Count, true
 }
 
 // Transfer is one direction of a throughput run.
@@ -89,6 +146,8 @@ type Summary struct {
 	Ratios []Ratio `json:"ratios"`
 	// Idle is the memory per idle session, as bench/run.sh measured it.
 	Idle json.RawMessage `json:"idle,omitempty"`
+	// SynHold compares the converter with --syn-hold to the same without.
+	SynHold *SynHold `json:"syn_hold,omitempty"`
 	// Records are the runs as `converter bench --json` printed them,
 	// in the order they ran.
 	Records []json.RawMessage `json:"records"`
@@ -170,6 +229,46 @@ type Connect struct {
 	P99US  Stat  `json:"p99_us"`
 	Errors int64 `json:"errors"`
 	Failed int   `json:"failed"`
+	// The converter's own SYN-to-reply time (its histogram over each
+	// round's run: p50, p99 and mean, in microseconds), for the cases
+	// whose records have it.
+	SynToReplyP50US  *Stat `json:"syn_to_reply_p50_us,omitempty"`
+	SynToReplyP99US  *Stat `json:"syn_to_reply_p99_us,omitempty"`
+	SynToReplyMeanUS *Stat `json:"syn_to_reply_mean_us,omitempty"`
+}
+
+// SynHold is the cost of `converter run --syn-hold`: the hold's case
+// (conv-mptcp-hold) against the same converter without it (conv-mptcp),
+// both in connect mode (MPTCP, Convert message in the SYN). Figures are
+// medians of the rounds; null when a side has none.
+type SynHold struct {
+	Path     string `json:"path"`
+	Baseline string `json:"baseline"`
+	// ConnPerSecondRatio is the hold's median connection rate over the
+	// baseline's; ConnPerSecondRatioRounds the ratio within each round.
+	ConnPerSecondRatio       *float64  `json:"conn_per_s_ratio"`
+	ConnPerSecondRatioRounds []float64 `json:"conn_per_s_ratio_rounds"`
+	ConnPerSecond            Pair      `json:"conn_per_s"`
+	// The generator's latency, connect to the last response byte.
+	P50MS Pair `json:"p50_ms"`
+	P99MS Pair `json:"p99_ms"`
+	// The converter's, accept of the SYN to the Convert reply written.
+	SynToReplyP50MS  Pair `json:"syn_to_reply_p50_ms"`
+	SynToReplyP99MS  Pair `json:"syn_to_reply_p99_ms"`
+	SynToReplyMeanMS Pair `json:"syn_to_reply_mean_ms"`
+	// Connections is the generator's count of the hold's connections,
+	// all rounds, to hold the counters against.
+	Connections int64 `json:"connections"`
+	// Counters are the hold converter's after all the rounds, as
+	// bench/run.sh read them (`converter bpf status --json`:
+	// syn_hold_counters, and pending).
+	Counters json.RawMessage `json:"counters,omitempty"`
+}
+
+// Pair is one figure with the hold and without.
+type Pair struct {
+	Hold   *float64 `json:"hold"`
+	NoHold *float64 `json:"no_hold"`
 }
 
 // Stat is one figure over the rounds.
@@ -255,7 +354,54 @@ func Summarize(recs []Record) Summary {
 			s.Ratios = append(s.Ratios, newRatio(tr.Path, tr.Baseline, metricConnRate, "", a.Connect.PerSecond, b.Connect.PerSecond))
 		}
 	}
+	s.SynHold = summarizeSynHold(recs, byPath[holdPath], byPath[holdBaseline])
 	return s
+}
+
+// summarizeSynHold compares the hold's connect runs to the baseline's;
+// nil when the hold's case never ran in connect mode.
+func summarizeSynHold(recs []Record, hold, base *Path) *SynHold {
+	if hold == nil || hold.Connect == nil {
+		return nil
+	}
+	h := &SynHold{Path: holdPath, Baseline: holdBaseline, ConnPerSecondRatioRounds: []float64{}}
+	var bc *Connect
+	if base != nil {
+		bc = base.Connect
+	}
+	hc := hold.Connect
+	if bc != nil {
+		r := newRatio(holdPath, holdBaseline, metricConnRate, "", hc.PerSecond, bc.PerSecond)
+		h.ConnPerSecondRatio, h.ConnPerSecondRatioRounds = r.Value, r.Rounds
+	}
+	pair := func(get func(*Connect) *Stat, scale float64) Pair {
+		var p Pair
+		for _, side := range []struct {
+			c   *Connect
+			out **float64
+		}{{hc, &p.Hold}, {bc, &p.NoHold}} {
+			if side.c == nil {
+				continue
+			}
+			if st := get(side.c); st != nil && len(st.Rounds) > 0 {
+				v := st.Median * scale
+				*side.out = &v
+			}
+		}
+		return p
+	}
+	h.ConnPerSecond = pair(func(c *Connect) *Stat { return &c.PerSecond }, 1)
+	h.P50MS = pair(func(c *Connect) *Stat { return &c.P50US }, 1e-3)
+	h.P99MS = pair(func(c *Connect) *Stat { return &c.P99US }, 1e-3)
+	h.SynToReplyP50MS = pair(func(c *Connect) *Stat { return c.SynToReplyP50US }, 1e-3)
+	h.SynToReplyP99MS = pair(func(c *Connect) *Stat { return c.SynToReplyP99US }, 1e-3)
+	h.SynToReplyMeanMS = pair(func(c *Connect) *Stat { return c.SynToReplyMeanUS }, 1e-3)
+	for _, r := range recs {
+		if r.Case == holdPath && r.Mode == "connect" && !r.Failed {
+			h.Connections += r.Connections
+		}
+	}
+	return h
 }
 
 func summarizeThroughput(recs []Record, path, dir string) *Throughput {
@@ -302,8 +448,9 @@ func summarizeThroughput(recs []Record, path, dir string) *Throughput {
 
 func summarizeConnect(recs []Record, path string) *Connect {
 	var (
-		c    Connect
-		seen bool
+		c                  Connect
+		seen, hist         bool
+		s2r50, s2r99, mean Stat
 	)
 	for _, r := range recs {
 		if r.Case != path || r.Mode != "connect" {
@@ -318,6 +465,17 @@ func summarizeConnect(recs []Record, path string) *Connect {
 		c.P50US.add(r.Round, r.LatencyUS.P50)
 		c.P99US.add(r.Round, r.LatencyUS.P99)
 		c.Errors += r.Errors
+		if r.SynToReply != nil {
+			hist = true
+			p50, ok50 := r.SynToReply.Quantile(0.50)
+			p99, ok99 := r.SynToReply.Quantile(0.99)
+			m, okm := r.SynToReply.Mean()
+			if ok50 && ok99 && okm {
+				s2r50.add(r.Round, p50*1e6)
+				s2r99.add(r.Round, p99*1e6)
+				mean.add(r.Round, m*1e6)
+			}
+		}
 	}
 	if !seen {
 		return nil
@@ -325,6 +483,12 @@ func summarizeConnect(recs []Record, path string) *Connect {
 	c.PerSecond.finish()
 	c.P50US.finish()
 	c.P99US.finish()
+	if hist {
+		s2r50.finish()
+		s2r99.finish()
+		mean.finish()
+		c.SynToReplyP50US, c.SynToReplyP99US, c.SynToReplyMeanUS = &s2r50, &s2r99, &mean
+	}
 	return &c
 }
 

@@ -1,15 +1,19 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
 // WriteTables prints the summary as three tables: every path's medians
 // with the range of the rounds, the tracked ratios, and the checks
-// (subflows, joins, errors, failed runs). markdown selects Markdown
-// tables, as the README quotes them; otherwise columns are aligned.
+// (subflows, joins, errors, failed runs); then, when the SYN hold was
+// measured, a fourth: the converter with --syn-hold against the same
+// without, and the hold's counters. markdown selects Markdown tables, as
+// the README quotes them; otherwise columns are aligned.
 func WriteTables(w io.Writer, s Summary, markdown bool) error {
 	t := &tableWriter{w: w, markdown: markdown}
 	dirs := s.directions()
@@ -82,7 +86,82 @@ func WriteTables(w io.Writer, s Summary, markdown bool) error {
 	}
 	t.blank()
 	t.table(rows)
+	synHoldTable(t, s)
 	return t.err
+}
+
+// synHoldTable prints the SYN hold's figures, each with the range of the
+// rounds, and the ratio of the medians with the hold over without.
+func synHoldTable(t *tableWriter, s Summary) {
+	h := s.SynHold
+	if h == nil {
+		return
+	}
+	var hold, base *Connect
+	if p := s.path(h.Path); p != nil {
+		hold = p.Connect
+	}
+	if p := s.path(h.Baseline); p != nil {
+		base = p.Connect
+	}
+	rows := [][]string{{"--syn-hold (" + h.Path + " / " + h.Baseline + ")", "without", "with", "with / without"}}
+	for _, f := range []struct {
+		name   string
+		get    func(*Connect) *Stat
+		div    float64
+		format string
+	}{
+		{"conn/s", func(c *Connect) *Stat { return &c.PerSecond }, 1, "%.0f"},
+		{"connect p50 ms", func(c *Connect) *Stat { return &c.P50US }, 1e3, "%.1f"},
+		{"connect p99 ms", func(c *Connect) *Stat { return &c.P99US }, 1e3, "%.1f"},
+		{"SYN to reply p50 ms", func(c *Connect) *Stat { return c.SynToReplyP50US }, 1e3, "%.3f"},
+		{"SYN to reply p99 ms", func(c *Connect) *Stat { return c.SynToReplyP99US }, 1e3, "%.3f"},
+		{"SYN to reply mean ms", func(c *Connect) *Stat { return c.SynToReplyMeanUS }, 1e3, "%.3f"},
+	} {
+		row := []string{f.name}
+		var medians [2]*float64
+		for i, c := range []*Connect{base, hold} {
+			var st *Stat
+			if c != nil {
+				st = f.get(c)
+			}
+			if st == nil {
+				row = append(row, "-")
+				continue
+			}
+			row = append(row, statCell(*st, f.div, f.format, f.name == "conn/s"))
+			if len(st.Rounds) > 0 {
+				medians[i] = &st.Median
+			}
+		}
+		ratio := "-"
+		if medians[0] != nil && medians[1] != nil && *medians[0] > 0 {
+			ratio = fmt.Sprintf("%.2f", *medians[1] / *medians[0])
+		}
+		if f.name == "conn/s" && h.ConnPerSecondRatio != nil {
+			ratio = ratioCell(Ratio{Value: h.ConnPerSecondRatio, Rounds: h.ConnPerSecondRatioRounds})
+		}
+		rows = append(rows, append(row, ratio))
+	}
+	t.blank()
+	t.table(rows)
+	if len(h.Counters) > 0 {
+		var counters map[string]json.RawMessage
+		if err := json.Unmarshal(h.Counters, &counters); err != nil {
+			t.printf("\nhold counters: %s\n", h.Counters)
+			return
+		}
+		names := make([]string, 0, len(counters))
+		for n := range counters {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		parts := make([]string, len(names))
+		for i, n := range names {
+			parts[i] = fmt.Sprintf("%s %s", n, counters[n])
+		}
+		t.printf("\nhold counters (all rounds; %d connections measured): %s\n", h.Connections, strings.Join(parts, ", "))
+	}
 }
 
 // directions returns the throughput directions that some path ran.
