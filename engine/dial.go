@@ -175,6 +175,24 @@ func icmpCode(errno syscall.Errno, v4 bool) byte {
 	return 0
 }
 
+// clientICMPCode is the code of the ICMP (v4) or ICMPv6 destination
+// unreachable that makes the client's kernel fail its connect with errno,
+// the server leg's: icmpCode, but administrative prohibition is code 13
+// in ICMP (EHOSTUNREACH there; Linux has no ICMP code for EACCES) and 1 in
+// ICMPv6 (EACCES).
+func clientICMPCode(errno syscall.Errno, v4 bool) byte {
+	switch {
+	case errno == unix.EACCES || errno == unix.EPERM:
+		if v4 {
+			return 13
+		}
+		return 1
+	case !v4 && errno != unix.ENETUNREACH:
+		return 3 // address unreachable: ICMPv6 has no code for the others
+	}
+	return icmpCode(errno, v4)
+}
+
 // routeExists tells an unreachable error that came back as ICMP from one
 // the local routing table produced (no route at all: Network Failure).
 func routeExists(a netip.Addr) bool {

@@ -90,3 +90,27 @@ func TestRefusalFromParse(t *testing.T) {
 		t.Fatalf("total length 0: %+v", r)
 	}
 }
+
+// TestClientICMPCode: the ICMP code a held client gets gives its kernel
+// the server leg's errno, in the client's family (net/ipv4/icmp.c
+// icmp_err_convert, net/ipv6/icmp.c icmpv6_err_convert).
+func TestClientICMPCode(t *testing.T) {
+	for _, tc := range []struct {
+		errno  syscall.Errno
+		v4, v6 byte
+	}{
+		{syscall.ENETUNREACH, 0, 0},
+		{syscall.EHOSTUNREACH, 1, 3},
+		{syscall.ENOPROTOOPT, 2, 3},
+		{syscall.EHOSTDOWN, 7, 3},
+		{syscall.EACCES, 13, 1},
+		{syscall.EPERM, 13, 1},
+	} {
+		if got := clientICMPCode(tc.errno, true); got != tc.v4 {
+			t.Errorf("%v, IPv4 client: code %d, want %d", tc.errno, got, tc.v4)
+		}
+		if got := clientICMPCode(tc.errno, false); got != tc.v6 {
+			t.Errorf("%v, IPv6 client: code %d, want %d", tc.errno, got, tc.v6)
+		}
+	}
+}

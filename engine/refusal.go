@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"syscall"
 
 	"github.com/convert-tc/converter/tlv"
 )
@@ -18,8 +19,10 @@ type refusal struct {
 	value  []byte // the Error TLV's value
 	reason string
 	// dial: the server leg's connect failed (what a held SYN+ACK
-	// answers with a RST or an ICMP unreachable).
-	dial bool
+	// answers with a RST or an ICMP unreachable), with errno when the
+	// kernel gave one.
+	dial  bool
+	errno syscall.Errno
 }
 
 func (r *refusal) Error() string {

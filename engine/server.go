@@ -676,6 +676,7 @@ func (s *Server) connect(ctx context.Context, sess *session, conn tlv.Connect, e
 		s.stats.dialFailures.Add(1)
 		r := dialRefusal(dest, err)
 		r.dial = true
+		errors.As(err, &r.errno)
 		if r.code == tlv.CodeResourceExceeded { // out of ports or fds here: the configured back-off
 			r.reply = tlv.AppendErrorMessage(nil, r.code, []byte{s.pol().Backoff}, nil)
 		}
@@ -869,8 +870,11 @@ func (s *Server) finishHeld(sess *session, hold HeldSynAck, r *refusal) {
 		return
 	}
 	how, late := "reset", false
-	if r.code == tlv.CodeDestinationUnreachable && len(r.value) == 1 {
-		how, late = "unreachable", hold.Unreachable(r.value[0])
+	if r.code == tlv.CodeDestinationUnreachable && r.errno != 0 {
+		// The client's family may not be the server's: the code is
+		// the one that gives the client the server's errno.
+		code := clientICMPCode(r.errno, sess.entry.ClientAddr().Addr().Is4())
+		how, late = "unreachable", hold.Unreachable(code)
 	} else {
 		late = hold.Refuse()
 	}
