@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/convert-tc/converter/client"
+	"github.com/convert-tc/converter/lab"
 	"github.com/convert-tc/converter/sockinfo"
 	"github.com/convert-tc/converter/synhold"
 	"github.com/convert-tc/converter/tlv"
@@ -1498,4 +1499,49 @@ func TestSynHoldNotHeld(t *testing.T) {
 		}
 	})
 	e.waitNoPending(t)
+}
+
+// TestSynHoldTransparent: in transparent mode the client's SYN goes to
+// the server's own address and the converter answers as the server; the
+// hold works the same (every port is watched), the connect takes the
+// server's delay, the session stays MPTCP with its second subflow and
+// moves data both ways intact.
+func TestSynHoldTransparent(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	e := shNewEnv(t, "--transparent", "--client-iface", lab.IfConvPath1, "--client-iface", lab.IfConvPath2,
+		"--server-iface", lab.IfConvServer)
+	dest := netip.MustParseAddrPort("10.201.3.2:8160")
+	shServeUpDown(e.listen(e.serverNS(), dest.String(), false))
+	e.delayServer(t, delay, dest.Port())
+	cliBefore, convBefore := e.clientNetstat(t), netstatIn(t, e.converterNS())
+	holdBefore := e.holdCounters(t)
+	c, err := e.shDial(client.Options{Via: dest, Dest: dest, MPTCP: true}, nil)
+	if err != nil {
+		t.Fatalf("held transparent connect: %v", err)
+	}
+	defer c.Close()
+	t.Logf("client connect (SYN to SYN+ACK) %v", c.Connect.Round(100*time.Microsecond))
+	if c.Connect < delay-50*time.Millisecond || c.Connect >= shDefaultCap {
+		t.Errorf("client connect took %v, want about the server's %v", c.Connect, delay)
+	}
+	sess := e.session(t, c.Local)
+	if sess.SynHold != "held" || sess.SynAckOptions != "exact" || sess.Fallback {
+		t.Errorf("session table: syn_hold %q, syn_ack_options %q, fallback %v; want held, exact, MPTCP", sess.SynHold, sess.SynAckOptions, sess.Fallback)
+	}
+	waitSubflows(t, c.TCPConn, 2)
+	sampler := sampleSubflows(c.TCPConn)
+	if err := shUpDown(c.TCPConn, 13, shTransferSize); err != nil {
+		t.Fatalf("transfers on the held transparent session: %v", err)
+	}
+	checkTwoSubflowsMoved(t, sampler(), 1)
+	cliAfter, convAfter := e.clientNetstat(t), netstatIn(t, e.converterNS())
+	shCheckStayedMPTCP(t, "client", cliBefore, cliAfter)
+	shCheckStayedMPTCP(t, "converter", convBefore, convAfter)
+	if d := shDelta(t, cliBefore, cliAfter, shSynRetrans); d != 0 {
+		t.Errorf("the client retransmitted %d SYNs", d)
+	}
+	holdAfter := e.holdCounters(t)
+	if d := shDelta(t, holdBefore, holdAfter, "synacks_held"); d != 1 {
+		t.Errorf("synacks_held moved by %d, want 1", d)
+	}
 }
