@@ -1,5 +1,5 @@
-/* Convert SYN recognition shared by steer.c and synwin.c. Include after
- * parse.h. */
+/* Convert SYN and MPTCP option recognition shared by steer.c, synwin.c and
+ * synhold.c. Include after parse.h. */
 #pragma once
 
 #include "parse.h"
@@ -55,3 +55,52 @@ static __always_inline int is_convert(struct __sk_buff *skb, const struct pkt *p
 #define TCPOPT_EOL 0
 #define TCPOPT_NOP 1
 #define TCPOPT_MPTCP 30
+
+#define MPTCP_SUB_CAPABLE 0
+#define MPTCP_SUB_JOIN 1
+
+/* mptcp_option returns the SYN's first MPTCP option (kind 30) that is at
+ * least min_len bytes long, those bytes readable, or NULL. min_len must be
+ * a constant: the verifier then knows how far the pointer may be read. */
+static __always_inline __u8 *mptcp_option(struct __sk_buff *skb, const struct pkt *p, __u32 min_len)
+{
+	__u32 optlen = p->doff - sizeof(struct tcphdr);
+	__u32 base = p->tcp_off + sizeof(struct tcphdr);
+	void *data, *data_end;
+	__u8 *opts, *o;
+	__u32 i = 0;
+
+	if (optlen < min_len || optlen > TCP_MAX_OPTLEN || p->tcp_off > MAX_TCP_OFF)
+		return NULL;
+	if (linear(skb, base + optlen))
+		return NULL;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	opts = data + base;
+
+	for (int n = 0; n < TCP_MAX_OPTLEN; n++) {
+		/* Forget i's exact value so the verifier can prune states
+		 * across the walk instead of exploring every path. */
+		asm volatile("%0 &= 63" : "+r"(i));
+		if (i >= optlen)
+			return NULL;
+		o = opts + i;
+		if ((void *)(o + 1) > data_end)
+			return NULL;
+		if (o[0] == TCPOPT_EOL)
+			return NULL;
+		if (o[0] == TCPOPT_NOP) {
+			i++;
+			continue;
+		}
+		if ((void *)(o + 2) > data_end || o[1] < 2)
+			return NULL;
+		if (o[0] == TCPOPT_MPTCP && o[1] >= min_len) {
+			if ((void *)(o + min_len) > data_end)
+				return NULL;
+			return o;
+		}
+		i += o[1];
+	}
+	return NULL;
+}

@@ -118,55 +118,18 @@ static __always_inline int local_flow(struct __sk_buff *skb, struct pkt *p)
 	return state != BPF_TCP_LISTEN;
 }
 
-#define MPTCP_SUB_JOIN 1
 #define MPTCP_JOIN_SYN_LEN 12
 
 /* join_token finds an MP_JOIN option (kind 30, subtype 1) and copies its
  * receiver token (option bytes 4..7) in wire order. */
 static __always_inline int join_token(struct __sk_buff *skb, const struct pkt *p, __u32 *token)
 {
-	__u32 optlen = p->doff - sizeof(struct tcphdr);
-	__u32 base = p->tcp_off + sizeof(struct tcphdr);
-	void *data, *data_end;
-	__u8 *opts, *o;
-	__u32 i = 0;
+	__u8 *o = mptcp_option(skb, p, MPTCP_JOIN_SYN_LEN);
 
-	if (optlen < MPTCP_JOIN_SYN_LEN || optlen > TCP_MAX_OPTLEN || p->tcp_off > MAX_TCP_OFF)
+	if (!o || (o[2] >> 4) != MPTCP_SUB_JOIN)
 		return 0;
-	if (linear(skb, base + optlen))
-		return 0;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	opts = data + base;
-
-	for (int n = 0; n < TCP_MAX_OPTLEN; n++) {
-		/* Forget i's exact value so the verifier can prune states
-		 * across the walk instead of exploring every path. */
-		asm volatile("%0 &= 63" : "+r"(i));
-		if (i >= optlen)
-			return 0;
-		o = opts + i;
-		if ((void *)(o + 1) > data_end)
-			return 0;
-		if (o[0] == TCPOPT_EOL)
-			return 0;
-		if (o[0] == TCPOPT_NOP) {
-			i++;
-			continue;
-		}
-		if ((void *)(o + 2) > data_end || o[1] < 2)
-			return 0;
-		if (o[0] == TCPOPT_MPTCP && o[1] >= MPTCP_JOIN_SYN_LEN) {
-			if ((void *)(o + 8) > data_end)
-				return 0;
-			if ((o[2] >> 4) != MPTCP_SUB_JOIN)
-				return 0;
-			__builtin_memcpy(token, o + 4, 4);
-			return 1;
-		}
-		i += o[1];
-	}
-	return 0;
+	__builtin_memcpy(token, o + 4, 4);
+	return 1;
 }
 
 static __always_inline struct bpf_sock *sk_lookup(struct __sk_buff *skb, struct pkt *p)

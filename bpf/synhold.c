@@ -32,7 +32,6 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define TCX_NEXT (-1)
 #endif
 
-#define MPTCP_SUB_CAPABLE 0
 #define HOLD_FRAME_MAX 320 /* Ethernet + IPv6 with extension headers + TCP with options */
 
 /* The flow as the converter's accepted socket sees it: the client's
@@ -156,40 +155,9 @@ static __always_inline void key_of(struct hold_key *k, const struct pkt *p, int 
  * 30, subtype 0): the client asks for MPTCP. */
 static __always_inline int mp_capable(struct __sk_buff *skb, const struct pkt *p)
 {
-	__u32 optlen = p->doff - sizeof(struct tcphdr);
-	__u32 base = p->tcp_off + sizeof(struct tcphdr);
-	void *data, *data_end;
-	__u8 *opts, *o;
-	__u32 i = 0;
+	__u8 *o = mptcp_option(skb, p, 3);
 
-	if (optlen < 4 || optlen > TCP_MAX_OPTLEN || p->tcp_off > MAX_TCP_OFF)
-		return 0;
-	if (linear(skb, base + optlen))
-		return 0;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	opts = data + base;
-
-	for (int n = 0; n < TCP_MAX_OPTLEN; n++) {
-		asm volatile("%0 &= 63" : "+r"(i)); /* see join_token in steer.c */
-		if (i >= optlen)
-			return 0;
-		o = opts + i;
-		if ((void *)(o + 1) > data_end)
-			return 0;
-		if (o[0] == TCPOPT_EOL)
-			return 0;
-		if (o[0] == TCPOPT_NOP) {
-			i++;
-			continue;
-		}
-		if ((void *)(o + 3) > data_end || o[1] < 2)
-			return 0;
-		if (o[0] == TCPOPT_MPTCP)
-			return (o[2] >> 4) == MPTCP_SUB_CAPABLE;
-		i += o[1];
-	}
-	return 0;
+	return o && (o[2] >> 4) == MPTCP_SUB_CAPABLE;
 }
 
 /* tcp_word reads the 32-bit field at off within the TCP header. */

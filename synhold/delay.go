@@ -59,36 +59,24 @@ func (d *Delayer) Delayed() uint64 { return d.delayed.Load() }
 
 func (d *Delayer) read() {
 	defer close(d.done)
-	for {
-		rec, err := d.rd.Read()
-		if err != nil {
-			if !errors.Is(err, ringbuf.ErrClosed) {
-				d.log.Error("delay: read held frames", "error", err.Error())
-			}
+	readFrames(d.rd, d.log, "delay", d.hold)
+}
+
+// hold sends ev's frame again after the delay.
+func (d *Delayer) hold(ev bpf.HeldFrame) {
+	d.delayed.Add(1)
+	d.pending.Add(1)
+	time.AfterFunc(d.delay, func() {
+		defer d.pending.Done()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.closed {
 			return
 		}
-		ev, err := bpf.ParseHeldFrame(rec.RawSample)
-		if err == nil {
-			err = fixChecksums(ev.Frame)
+		if err := d.snd.send(ev.Ifindex, ev.Frame); err != nil {
+			d.log.Warn("delay: send", "error", err.Error())
 		}
-		if err != nil {
-			d.log.Warn("delay: held frame", "error", err.Error())
-			continue
-		}
-		d.delayed.Add(1)
-		d.pending.Add(1)
-		time.AfterFunc(d.delay, func() {
-			defer d.pending.Done()
-			d.mu.Lock()
-			defer d.mu.Unlock()
-			if d.closed {
-				return
-			}
-			if err := d.snd.send(ev.Ifindex, ev.Frame); err != nil {
-				d.log.Warn("delay: send", "error", err.Error())
-			}
-		})
-	}
+	})
 }
 
 // Close sends nothing more and unloads the program.

@@ -238,11 +238,17 @@ func (h *Holder) send(ifindex int, frame []byte) {
 // read takes held frames from the ring buffer until Close.
 func (h *Holder) read() {
 	defer close(h.done)
+	readFrames(h.rd, h.log, "syn hold", h.arrive)
+}
+
+// readFrames hands each frame of rd, its checksums recomputed, to fn
+// until rd is closed.
+func readFrames(rd *ringbuf.Reader, log *slog.Logger, who string, fn func(bpf.HeldFrame)) {
 	for {
-		rec, err := h.rd.Read()
+		rec, err := rd.Read()
 		if err != nil {
 			if !errors.Is(err, ringbuf.ErrClosed) {
-				h.log.Error("syn hold: read held frames", "error", err.Error())
+				log.Error(who+": read held frames", "error", err.Error())
 			}
 			return
 		}
@@ -251,10 +257,10 @@ func (h *Holder) read() {
 			err = fixChecksums(ev.Frame)
 		}
 		if err != nil {
-			h.log.Warn("syn hold: held frame", "error", err.Error())
+			log.Warn(who+": held frame", "error", err.Error())
 			continue
 		}
-		h.arrive(ev)
+		fn(ev)
 	}
 }
 
