@@ -26,6 +26,9 @@ const DefaultListen = "[::]:5124"
 type Config struct {
 	// Listen holds the addresses to listen on (dual stack for [::]).
 	Listen []string
+	// FreeBind lets a listener bind an address that is not (yet) local:
+	// a cluster node's VIP, put on its device once it is ready.
+	FreeBind bool
 	// Listeners, when set, are used instead of opening Listen: a caller
 	// that owns its sockets (a test on loopback, a daemon handed its
 	// listeners). The Server closes them when it stops.

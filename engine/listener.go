@@ -37,7 +37,7 @@ const tfoServerBit = 0x2
 // A transparent listener (IP_TRANSPARENT) also takes SYNs addressed to
 // other hosts that the steering program assigned to it, and answers them
 // from the original destination.
-func listen(ctx context.Context, addr string, transparent bool) (*net.TCPListener, error) {
+func listen(ctx context.Context, addr string, transparent, freeBind bool) (*net.TCPListener, error) {
 	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
 		opts := []sockopt{
 			{unix.IPPROTO_TCP, unix.TCP_FASTOPEN, fastOpenQueue, "TCP_FASTOPEN"},
@@ -48,6 +48,13 @@ func listen(ctx context.Context, addr string, transparent bool) (*net.TCPListene
 			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(clientKeepAlive.Seconds()), "TCP_KEEPIDLE"},
 			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(clientKeepAlive.Seconds()), "TCP_KEEPINTVL"},
 			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, clientKeepAliveProbes, "TCP_KEEPCNT"},
+		}
+		if freeBind { // an address the node announces only once ready
+			if network == "tcp4" {
+				opts = append(opts, sockopt{unix.SOL_IP, unix.IP_FREEBIND, 1, "IP_FREEBIND"})
+			} else {
+				opts = append(opts, sockopt{unix.SOL_IPV6, unix.IPV6_FREEBIND, 1, "IPV6_FREEBIND"})
+			}
 		}
 		if transparent {
 			if network == "tcp4" {

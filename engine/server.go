@@ -102,7 +102,7 @@ func (s *Server) Listen(ctx context.Context) error {
 		return err
 	}
 	for _, addr := range open {
-		l, err := listen(ctx, addr, s.cfg.Transparent)
+		l, err := listen(ctx, addr, s.cfg.Transparent, s.cfg.FreeBind)
 		if err != nil {
 			s.closeListeners()
 			return err
@@ -186,7 +186,7 @@ const portLinger = time.Second
 
 func (s *Server) openPort(ctx context.Context, port uint16, pl *portListener) {
 	defer close(pl.ready)
-	l, err := listen(ctx, net.JoinHostPort("::", strconv.Itoa(int(port))), true)
+	l, err := listen(ctx, net.JoinHostPort("::", strconv.Itoa(int(port))), true, false)
 	if err != nil {
 		s.log.Warn("no transparent listener for joins", "port", port, "error", err.Error())
 		return

@@ -161,6 +161,20 @@ func daemonConfig(c *cli.Context) (daemon.Config, []string) {
 		PortHold:             c.Duration("port-hold"),
 		Hairpin:              c.Bool("hairpin"),
 		NATLog:               c.String("nat-log"),
+		TFOKey:               c.String("tfo-key"),
+	}
+	for _, f := range []struct {
+		name string
+		into *[]netip.Addr
+	}{{"cluster-vip", &cfg.ClusterVIPs}, {"node-address", &cfg.NodeAddresses}} {
+		for _, s := range c.StringSlice(f.name) {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				add("--%s %q: %v", f.name, s, err)
+				continue
+			}
+			*f.into = append(*f.into, a.Unmap())
+		}
 	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		add("--log-level: %v", err)

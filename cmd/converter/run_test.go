@@ -64,7 +64,7 @@ func TestFlagsMapToTheirField(t *testing.T) {
 		"pool": "192.0.2.0/28", "client-iface": "eth9", "server-iface": "eth9", "announce": "192.0.2.1",
 		"log-level": "debug", "nat": "share", "tfo-window-clamp": "off", "cookie-secret": "/s", "control": "/c",
 		"user": "nobody", "nat-log": "/l", "metrics-listen": "127.0.0.1:9124",
-		"web": "127.0.0.1:8080",
+		"web": "127.0.0.1:8080", "cluster-vip": "192.0.2.100", "node-address": "192.0.2.101", "tfo-key": "/k",
 	}
 	ty := reflect.TypeFor[daemon.Config]()
 	fieldOf := map[string]string{}

@@ -17,6 +17,7 @@ import (
 	"github.com/convert-tc/converter/cookie"
 	"github.com/convert-tc/converter/engine"
 	"github.com/convert-tc/converter/internal/addrpolicy"
+	"github.com/convert-tc/converter/internal/cluster"
 	"github.com/convert-tc/converter/internal/tfowindow"
 	"github.com/convert-tc/converter/nat"
 	"github.com/convert-tc/converter/synhold"
@@ -105,6 +106,10 @@ type Config struct {
 	Mark                uint32           `flag:"mark"`
 	RouteTable          int              `flag:"route-table"`
 	MaxTransparentPorts int              `flag:"max-transparent-ports"`
+
+	ClusterVIPs   []netip.Addr `flag:"cluster-vip"`  // anycast service addresses (scale-out)
+	NodeAddresses []netip.Addr `flag:"node-address"` // this node's unique addresses, one per family
+	TFOKey        string       `flag:"tfo-key"`      // the TCP Fast Open server key file every node shares
 
 	NAT                NATMode        `flag:"nat"`
 	Pool               []netip.Prefix `flag:"pool"`
@@ -262,6 +267,14 @@ func (c Config) modeProblems(given Given) []string {
 	if given("syn-hold-max") && !c.SynHold {
 		add("--syn-hold-max has no effect without --syn-hold")
 	}
+	if len(c.ClusterVIPs) > 0 || len(c.NodeAddresses) > 0 || c.TFOKey != "" {
+		if err := c.clusterConfig().Validate(); err != nil {
+			add("%v", err)
+		}
+		if c.Transparent {
+			add("--cluster-vip and --transparent exclude each other: a transparent converter is on the path, not behind an address")
+		}
+	}
 	if c.SynHold && c.VerifyClientFirst {
 		add("--syn-hold and --verify-client-first exclude each other: one answers the client only after the server, the other asks the server only after the client")
 	}
@@ -281,7 +294,8 @@ func (c Config) modeProblems(given Given) []string {
 // addressing add theirs.
 func (c Config) engineConfig(log *slog.Logger) engine.Config {
 	e := engine.Config{
-		Listen:               c.Listen,
+		Listen:               c.listenAddrs(),
+		FreeBind:             len(c.ClusterVIPs) > 0,
 		HandshakeTimeout:     c.HandshakeTimeout,
 		DialTimeout:          c.DialTimeout,
 		IdleTimeout:          c.IdleTimeout,
@@ -408,4 +422,25 @@ func ParseAnnounce(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, errors.New("want ADDR or ADDR:PORT")
 	}
 	return netip.AddrPortFrom(a, 0), nil
+}
+
+// clusterConfig is the scale-out part of c.
+func (c Config) clusterConfig() cluster.Config {
+	return cluster.Config{VIPs: c.ClusterVIPs, Nodes: c.NodeAddresses, TFOKey: c.TFOKey}
+}
+
+// listenAddrs are the addresses to listen on: --listen's, or for a
+// cluster node the VIPs and the node's own addresses on each port of
+// --listen (joins come to the node's address, new connections to a VIP).
+func (c Config) listenAddrs() []string {
+	if len(c.ClusterVIPs) == 0 {
+		return c.Listen
+	}
+	var out []string
+	for _, p := range listenPorts(c.Listen) {
+		for _, a := range slices.Concat(c.ClusterVIPs, c.NodeAddresses) {
+			out = append(out, netip.AddrPortFrom(a.Unmap(), p).String())
+		}
+	}
+	return out
 }

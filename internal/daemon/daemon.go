@@ -404,6 +404,9 @@ func (d *daemon) serve(ctx context.Context) error {
 	g.run(func(life context.Context) {
 		select {
 		case <-ctx.Done():
+			// A cluster node leaves the anycast group first: no new
+			// connection comes while its sessions drain.
+			d.withdrawVIPs()
 			if !d.mainPIDSent.Load() { // else it is the successor's to say
 				d.notify.stopping()
 			}
@@ -428,6 +431,11 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 		if ctx.Err() == nil && life.Err() == nil {
 			d.completeTakeOver()
+			if n := d.dp.cluster; n != nil {
+				if err := n.Announce(); err != nil {
+					d.log.Error("cluster: announce the VIPs", "error", err.Error())
+				}
+			}
 			d.notify.ready(fmt.Sprintf("serving on %d listener(s)", len(d.srv.Addrs())))
 		}
 	})
@@ -439,6 +447,16 @@ func (d *daemon) serve(ctx context.Context) error {
 	}
 	d.log.Info("stopped", "stats", d.srv.Stats())
 	return nil
+}
+
+// withdrawVIPs takes a cluster node's VIPs off its device.
+func (d *daemon) withdrawVIPs() {
+	if d.dp == nil || d.dp.cluster == nil {
+		return
+	}
+	if err := d.dp.cluster.Withdraw(); err != nil {
+		d.log.Error("cluster: withdraw the VIPs", "error", err.Error())
+	}
 }
 
 // group is goroutines that run until stop, which ends their context and

@@ -14,6 +14,7 @@ import (
 
 	"github.com/convert-tc/converter/bpf"
 	"github.com/convert-tc/converter/engine"
+	"github.com/convert-tc/converter/internal/cluster"
 	"github.com/convert-tc/converter/internal/mptcppm"
 	"github.com/convert-tc/converter/internal/tfowindow"
 	"github.com/convert-tc/converter/internal/tproxy"
@@ -31,6 +32,7 @@ type dataplane struct {
 	steering *bpf.Steering
 	synacks  *bpf.SynAckCapture
 	synhold  *synhold.Holder
+	cluster  *cluster.Node
 	routing  *tproxy.Routing
 	pm       *mptcppm.Client
 	announce []mptcppm.Endpoint
@@ -46,7 +48,12 @@ type dataplane struct {
 
 // handedOver leaves the routing and the endpoints to the successor; the
 // programs' links and maps live on in its hands.
-func (dp *dataplane) handedOver() { dp.released = true }
+func (dp *dataplane) handedOver() {
+	dp.released = true
+	if dp.cluster != nil {
+		dp.cluster.HandedOver()
+	}
+}
 
 // setupDataplane loads and attaches the BPF programs, installs the policy
 // routing and announces addresses, as cfg asks; ecfg learns where the
@@ -76,6 +83,15 @@ func setupDataplane(ctx context.Context, cfg Config, ecfg *engine.Config, clamp 
 		if err := dp.holdSynAcks(cfg, ecfg, log); err != nil {
 			return nil, err
 		}
+	}
+	if len(cfg.ClusterVIPs) > 0 {
+		n, err := cluster.Setup(cfg.clusterConfig(), log)
+		if err != nil {
+			return nil, err
+		}
+		dp.cluster = n
+		log.Info("cluster node", "vips", cfg.ClusterVIPs, "node_addresses", cfg.NodeAddresses, "device", n.Device(),
+			"shared_tfo_key", cfg.TFOKey != "")
 	}
 	if len(cfg.Announce) > 0 {
 		if err := dp.announceAddrs(cfg, ecfg); err != nil {
@@ -340,6 +356,11 @@ func (dp *dataplane) close(log *slog.Logger) {
 	if dp.routing != nil {
 		if err := dp.routing.Remove(); err != nil {
 			log.Warn("remove policy routing", "error", err.Error())
+		}
+	}
+	if dp.cluster != nil {
+		if err := dp.cluster.Close(); err != nil {
+			log.Warn("cluster: undo", "error", err.Error())
 		}
 	}
 	if dp.synhold != nil {
