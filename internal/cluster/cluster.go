@@ -110,7 +110,8 @@ func Setup(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	for i, a := range cfg.Nodes {
 		e := mptcppm.Endpoint{ID: uint8(endpointIDBase + i), Addr: netip.AddrPortFrom(a, 0), IfIndex: int32(n.link.Attrs().Index), Flags: mptcppm.FlagSignal}
-		if err := n.pm.Add(e); err != nil {
+		// A predecessor's (an upgrade) is there already: it is ours now.
+		if err := n.pm.Add(e); err != nil && !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.EBUSY) {
 			return nil, fmt.Errorf("cluster: announce %s to MPTCP clients: %w", a, err)
 		}
 		n.eps = append(n.eps, e)
@@ -149,6 +150,22 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// Status is what GET /stats shows of the node under "cluster".
+type Status struct {
+	Device        string       `json:"device"`
+	VIPs          []netip.Addr `json:"vips"`
+	NodeAddresses []netip.Addr `json:"node_addresses"`
+	Announced     bool         `json:"announced"` // the VIPs are on the device
+	SharedTFOKey  bool         `json:"shared_tfo_key"`
+}
+
+// Status reports the node's state.
+func (n *Node) Status() Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return Status{Device: n.Device(), VIPs: n.cfg.VIPs, NodeAddresses: n.cfg.Nodes, Announced: n.announce, SharedTFOKey: n.cfg.TFOKey != ""}
 }
 
 // Device is the announcement device's name.

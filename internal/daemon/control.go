@@ -24,6 +24,9 @@ func (d *daemon) controlServer() *control.Server {
 	ctl.Register("daemon", func() any { return map[string]string{"version": d.opts.Version} })
 	ctl.Register("bpf", d.dp.status)
 	ctl.Register("nat", d.addr.stats)
+	if n := d.dp.cluster; n != nil {
+		ctl.Register("cluster", func() any { return n.Status() })
+	}
 	ctl.SetHandover(d.handOver)
 	ctl.SetUpgrade(func(ctx context.Context) (any, bool) {
 		o := d.upgrade(ctx)
