@@ -152,6 +152,22 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// ReloadTFOKey reads the --tfo-key file again and puts it in force: a
+// rotation (new primary, old as backup) needs no restart. Without a file
+// it does nothing.
+func (n *Node) ReloadTFOKey() error {
+	if n.cfg.TFOKey == "" {
+		return nil
+	}
+	key, err := ReadTFOKey(n.cfg.TFOKey)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return writeSysctl(sysctlTFOKey, key)
+}
+
 // Status is what GET /stats shows of the node under "cluster".
 type Status struct {
 	Device        string       `json:"device"`

@@ -107,6 +107,14 @@ func TestNode(t *testing.T) {
 		if got := strings.Join(addrs(dev), " "); got != "10.209.201.1/32 fd09:201::1/128" {
 			t.Errorf("before Announce: %s has %q, want the node addresses", dev, got)
 		}
+		// A rotation: the new key first, the old one as the backup.
+		os.WriteFile(key, []byte("101112131415161718191a1b1c1d1e1f\n000102030405060708090a0b0c0d0e0f\n"), 0o600)
+		if err := n.ReloadTFOKey(); err != nil {
+			t.Errorf("ReloadTFOKey: %v", err)
+		}
+		if got := sysctl(sysctlTFOKey); got != "10111213-14151617-18191a1b-1c1d1e1f,00010203-04050607-08090a0b-0c0d0e0f" {
+			t.Errorf("tcp_fastopen_key after the rotation = %s", got)
+		}
 		eps, _ := exec.Command("ip", "mptcp", "endpoint", "show").Output()
 		if !strings.Contains(string(eps), "10.209.201.1 id 230 signal dev "+dev) || !strings.Contains(string(eps), "fd09:201::1 id 231 signal") {
 			t.Errorf("endpoints:\n%s", eps)

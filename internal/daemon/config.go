@@ -107,9 +107,9 @@ type Config struct {
 	RouteTable          int              `flag:"route-table"`
 	MaxTransparentPorts int              `flag:"max-transparent-ports"`
 
-	ClusterVIPs   []netip.Addr `flag:"cluster-vip"`  // anycast service addresses (scale-out)
-	NodeAddresses []netip.Addr `flag:"node-address"` // this node's unique addresses, one per family
-	TFOKey        string       `flag:"tfo-key"`      // the TCP Fast Open server key file every node shares
+	ClusterVIPs   []netip.Addr `flag:"cluster-vip"`    // anycast service addresses (scale-out)
+	NodeAddresses []netip.Addr `flag:"node-address"`   // this node's unique addresses, one per family
+	TFOKey        string       `flag:"tfo-key,reload"` // the TCP Fast Open server key file every node shares (read again on reload)
 
 	NAT                NATMode        `flag:"nat"`
 	Pool               []netip.Prefix `flag:"pool"`

@@ -268,6 +268,7 @@ func (d *daemon) handleReload(ctx context.Context) (func(), error) {
 		level:      d.level,
 		log:        d.log,
 		cookies:    d.cookies,
+		node:       d.dp.cluster,
 	}
 	g := newGroup(ctx)
 	handleHUP(g, d.log, d.reload)

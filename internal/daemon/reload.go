@@ -11,6 +11,7 @@ import (
 
 	"github.com/convert-tc/converter/cookie"
 	"github.com/convert-tc/converter/engine"
+	"github.com/convert-tc/converter/internal/cluster"
 )
 
 // ReloadOutcome is what a reload did, as the log, GET /stats ("reload")
@@ -21,6 +22,7 @@ type ReloadOutcome struct {
 	Problems      []string  `json:"problems,omitempty"`
 	NeedsRestart  []string  `json:"needs_restart,omitempty"`
 	CookiesReload string    `json:"cookies,omitempty"`
+	TFOKeyReload  string    `json:"tfo_key,omitempty"`
 }
 
 // reloader evaluates the configuration again and puts the reloadable part
@@ -32,7 +34,8 @@ type reloader struct {
 	srv        *engine.Server
 	level      *slog.LevelVar
 	log        *slog.Logger
-	cookies    *cookie.Keys // nil without cookie mode
+	cookies    *cookie.Keys  // nil without cookie mode
+	node       *cluster.Node // nil unless a cluster node
 
 	mu   sync.Mutex // one reload at a time
 	last ReloadOutcome
@@ -62,6 +65,15 @@ func (r *reloader) reload(ctx context.Context) ReloadOutcome {
 				out.CookiesReload = "kept the keys in use: " + err.Error()
 			} else {
 				out.CookiesReload = "reloaded"
+			}
+		}
+		if r.node != nil && r.running.TFOKey != "" {
+			// The shared TCP Fast Open key rotates the same way.
+			if err := r.node.ReloadTFOKey(); err != nil {
+				r.log.Error("reload the TFO key; keeping the key in use", "path", r.running.TFOKey, "error", err.Error())
+				out.TFOKeyReload = "kept the key in use: " + err.Error()
+			} else {
+				out.TFOKeyReload = "reloaded"
 			}
 		}
 	}
