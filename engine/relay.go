@@ -252,7 +252,7 @@ func spliceChunks(dst, src *net.TCPConn, moved func(n int64), park time.Duration
 		// readable: a full-size step then returns at once.
 		step := int64(relayChunk)
 		if avail > 0 {
-			room, err := writeRoom(wc, relayChunk)
+			room, err := writeRoom(wc, relayChunk, 1)
 			if err != nil {
 				return err
 			}
