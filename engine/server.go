@@ -864,7 +864,9 @@ func (s *Server) finishHeld(sess *session, hold HeldSynAck, r *refusal) {
 		s.finishRefused(sess, r)
 		return
 	}
-	if !r.dial && r.action == tlv.ActionReply {
+	// Resource Exceeded from the dial is this converter out of ports or
+	// descriptors: a policy answer, with its back-off.
+	if r.action == tlv.ActionReply && (!r.dial || r.code == tlv.CodeResourceExceeded) {
 		hold.Release()
 		s.finishRefused(sess, r)
 		return

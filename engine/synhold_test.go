@@ -163,6 +163,17 @@ func TestSynHoldRefusals(t *testing.T) {
 			t.Errorf("decisions %v", d)
 		}
 	})
+	t.Run("out of ports", func(t *testing.T) {
+		lp, f := holdLoop(t, false)
+		lp.dialTo[netip.MustParseAddrPort("203.0.113.5:80")] = fail(syscall.EADDRNOTAVAIL)
+		_, err := lp.convert(client.Options{Dest: netip.MustParseAddrPort("203.0.113.5:80")}, nil)
+		if got := errCode(t, err); got != tlv.CodeResourceExceeded {
+			t.Errorf("Error TLV %s, want Resource Exceeded", got)
+		}
+		if _, d := f.only(t); !slices.Equal(d, []string{"release"}) {
+			t.Errorf("decisions %v, want release", d)
+		}
+	})
 	t.Run("policy", func(t *testing.T) {
 		lp, f := holdLoop(t, false)
 		_, err := lp.convert(client.Options{Dest: netip.MustParseAddrPort("198.51.100.1:80")}, nil)
