@@ -168,6 +168,13 @@ func (n *Node) ReloadTFOKey() error {
 	return writeSysctl(sysctlTFOKey, key)
 }
 
+// Announced reports whether the VIPs are on the device.
+func (n *Node) Announced() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.announce
+}
+
 // Status is what GET /stats shows of the node under "cluster".
 type Status struct {
 	Device        string       `json:"device"`

@@ -29,6 +29,9 @@ func (d *daemon) startMetrics(ctx context.Context) (func(), error) {
 	if d.ctl != nil {
 		src.Control = d.ctl
 	}
+	if d.dp.cluster != nil {
+		src.Cluster = d.dp.cluster
+	}
 	// Opened here, in the daemon's namespace: read at every scrape.
 	ns, err := metrics.OpenNetstat(metrics.DefaultNetstat)
 	if err != nil {

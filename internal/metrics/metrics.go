@@ -39,6 +39,9 @@ type BPFCounters interface {
 	Counters() (map[string]uint64, error)
 }
 
+// ClusterNode is a scale-out node: whether its VIPs are announced.
+type ClusterNode interface{ Announced() bool }
+
 // Pool is the shared address pool (*nat.Pool), with its mapping log.
 type Pool interface{ Stats() nat.Stats }
 
@@ -57,6 +60,8 @@ type Sources struct {
 	BPF     map[string]BPFCounters
 	Pool    Pool
 	Control ControlSocket
+	// Cluster is a scale-out node (*cluster.Node); nil: not exported.
+	Cluster ClusterNode
 	// Netstat reads the kernel's MPTCP counters; nil: not exported.
 	Netstat *Netstat
 	// Runtime adds the Go runtime's and the process's standard metrics
@@ -89,6 +94,18 @@ func NewRegistry(src Sources) *prometheus.Registry {
 			Name:      "control_socket_clients",
 			Help:      "Connections open to the control socket.",
 		}, func() float64 { return float64(c.Clients()) }))
+	}
+	if n := src.Cluster; n != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "cluster_vips_announced",
+			Help:      "1 while this scale-out node's VIPs are on its device for the BGP speaker (ready), 0 once withdrawn (draining).",
+		}, func() float64 {
+			if n.Announced() {
+				return 1
+			}
+			return 0
+		}))
 	}
 	if src.Netstat != nil {
 		reg.MustRegister(newKernelCollector(src.Netstat))

@@ -19,7 +19,7 @@ func newBPFCollector(progs map[string]BPFCounters) *bpfCollector {
 	return &bpfCollector{
 		progs: progs,
 		events: desc("bpf_events_total",
-			"The BPF programs' counters, summed over CPUs, by program (steering: steered, joins_steered, passed, lookup_failed...; synack_capture: captured, update_failed, skipped; synwin: clamped, unscaled, failed).",
+			"The BPF programs' counters, summed over CPUs, by program (steering: steered, joins_steered, passed, lookup_failed...; synack_capture: captured, update_failed, skipped; synwin: clamped, unscaled, failed; syn_hold: syns_noted, synacks_held, released, released_at_cap, refused_reset, refused_unreachable...).",
 			"program", "event"),
 	}
 }
