@@ -20,7 +20,7 @@ FUZZ_TARGETS := ./tlv:FuzzParseRequest:400000x ./tlv:FuzzParseReply:400000x \
 	./synhold:FuzzHeldFrame:200000x
 
 # Debian packages the tests and the demo use at run time.
-DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy chromium curl
+DEB_PACKAGES := iproute2 nftables tcpdump ethtool iperf3 haproxy chromium curl bird2
 
 .PHONY: all build deps test check-fmt vet check-generate generate unit fuzz demo bench clean
 

@@ -391,6 +391,16 @@ func checkStatus(t *testing.T, l *Lab) {
 	if got := cli.Sysctls["net.ipv4.tcp_fastopen"]; got != "5" {
 		t.Errorf("client tcp_fastopen = %q", got)
 	}
+	// The fields scripts read, the same in both lab shapes.
+	if rep.Client.Namespace != l.Client || rep.Server.Namespace != l.Server ||
+		!slices.Equal(rep.Server.Addresses, []string{"10.201.3.2", "fd01:3::2"}) ||
+		rep.VIP == nil || len(rep.VIP) != 0 || len(rep.Nodes) != 1 || rep.Nodes[0].Namespace != l.Converter ||
+		!slices.Equal(rep.Nodes[0].Addresses, []string{"10.201.1.1", "fd01:1::1", "10.201.2.1", "fd01:2::1"}) {
+		t.Errorf("status contract fields:\n%s", js)
+	}
+	if !strings.Contains(string(js), `"vip": []`) || rep.Cluster != nil || rep.BGP != nil {
+		t.Errorf("a one-converter lab's status has cluster parts or a null vip:\n%s", js)
+	}
 }
 
 func hasAddr(ns NamespaceStatus, link, addr string) bool {

@@ -43,9 +43,8 @@ func runIP(ctx context.Context, args ...string) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
-func setMPTCPLimits(ctx context.Context, ns string, n int) error {
-	v := strconv.Itoa(n)
-	_, err := runIP(ctx, "-n", ns, "mptcp", "limits", "set", "subflows", v, "add_addr_accepted", v)
+func setMPTCPLimits(ctx context.Context, ns string, l MPTCPLimits) error {
+	_, err := runIP(ctx, "-n", ns, "mptcp", "limits", "set", "subflows", strconv.Itoa(l.Subflows), "add_addr_accepted", strconv.Itoa(l.AddAddrAccepted))
 	return wrapf(err, "set mptcp limits in %s", ns)
 }
 

@@ -19,7 +19,7 @@ const readyTimeout = 5 * time.Second
 // last thing IPv6 sets up, so we wait for that.
 func (s *setup) waitReady() error {
 	deadline := time.Now().Add(readyTimeout)
-	for _, v := range vethSpecs(s.lab.Addr) {
+	for _, v := range s.topo.veths {
 		for _, e := range []end{v.a, v.b} {
 			if err := s.waitLinkReady(e, deadline); err != nil {
 				return err

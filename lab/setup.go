@@ -24,6 +24,7 @@ const rulePriority = 1000
 type setup struct {
 	ctx     context.Context
 	lab     *Lab
+	topo    topology
 	ns      map[Role]netns.NsHandle
 	nl      map[Role]*netlink.Handle
 	created []string       // namespaces this call created
@@ -33,22 +34,27 @@ type setup struct {
 func (s *setup) run() error {
 	s.ns = make(map[Role]netns.NsHandle)
 	s.nl = make(map[Role]*netlink.Handle)
-	for _, r := range roles {
+	t := s.topo
+	for _, r := range t.roles {
 		if err := s.namespace(r); err != nil {
 			return err
 		}
 	}
-	ad := s.lab.Addr
-	for _, v := range vethSpecs(ad) {
+	for _, v := range t.veths {
 		if err := s.veth(v); err != nil {
 			return err
 		}
 	}
-	for _, r := range roles {
-		if err := s.routing(r, ad); err != nil {
+	for _, r := range t.roles {
+		if addrs := t.lo[r]; len(addrs) > 0 {
+			if err := s.addrs(end{role: r, name: "lo", addrs: addrs}); err != nil {
+				return err
+			}
+		}
+		if err := s.routing(r); err != nil {
 			return err
 		}
-		if err := s.mptcp(r, ad); err != nil {
+		if err := s.mptcp(r); err != nil {
 			return err
 		}
 	}
@@ -78,7 +84,7 @@ func (s *setup) namespace(r Role) error {
 		return fmt.Errorf("netlink handle in %s: %w", name, err)
 	}
 	s.nl[r] = nl
-	if err := writeSysctls(name, sysctlSpecs(r)); err != nil {
+	if err := writeSysctls(name, s.topo.sysctls[r]); err != nil {
 		return err
 	}
 	return s.linkUp(r, "lo")
@@ -179,13 +185,13 @@ func (s *setup) addrs(e end) error {
 }
 
 // routing installs the default routes and source rules of role r.
-func (s *setup) routing(r Role, ad Addresses) error {
-	for _, rt := range routeSpecs(r, ad) {
+func (s *setup) routing(r Role) error {
+	for _, rt := range s.topo.routes[r] {
 		if err := s.route(r, rt); err != nil {
 			return err
 		}
 	}
-	for _, ru := range ruleSpecs(r, ad) {
+	for _, ru := range s.topo.rules[r] {
 		if err := s.rule(r, ru); err != nil {
 			return err
 		}
@@ -217,12 +223,12 @@ func (s *setup) rule(r Role, ru ruleSpec) error {
 }
 
 // mptcp sets the path-manager limits and endpoints of role r.
-func (s *setup) mptcp(r Role, ad Addresses) error {
+func (s *setup) mptcp(r Role) error {
 	ns := s.lab.NS(r)
-	if err := setMPTCPLimits(s.ctx, ns, mptcpLimit); err != nil {
+	if err := setMPTCPLimits(s.ctx, ns, s.topo.mptcpLimits(r)); err != nil {
 		return err
 	}
-	want := mptcpEndpoints(r, ad)
+	want := s.topo.endpoints[r]
 	if len(want) == 0 {
 		return nil
 	}

@@ -1,17 +1,39 @@
 package lab
 
-import "net/netip"
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+)
 
-// Role identifies one of the three lab namespaces.
+// Role identifies one of the lab namespaces.
 type Role string
 
 const (
 	RoleClient    Role = "client"
 	RoleConverter Role = "converter"
 	RoleServer    Role = "server"
+	// RoleRouter is the cluster lab's router (Config.Nodes >= 2).
+	RoleRouter Role = "router"
 )
 
-// roles lists the namespaces in creation order.
+// NodeRole is the role of node k (1-based) of a cluster lab.
+func NodeRole(k int) Role { return Role("node" + strconv.Itoa(k)) }
+
+// nodeIndex returns k for NodeRole(k), or 0.
+func nodeIndex(r Role) int {
+	s, ok := strings.CutPrefix(string(r), "node")
+	if !ok {
+		return 0
+	}
+	k, err := strconv.Atoi(s)
+	if err != nil || k < 1 {
+		return 0
+	}
+	return k
+}
+
+// roles lists the namespaces of the default lab in creation order.
 var roles = []Role{RoleClient, RoleConverter, RoleServer}
 
 // nsSuffix maps a role to the suffix appended to the lab prefix.
@@ -21,9 +43,13 @@ func nsSuffix(r Role) string {
 		return "-cli"
 	case RoleConverter:
 		return "-conv"
-	default:
-		return "-srv"
+	case RoleRouter:
+		return "-rt"
 	}
+	if k := nodeIndex(r); k > 0 {
+		return "-n" + strconv.Itoa(k)
+	}
+	return "-srv"
 }
 
 // nsName returns the netns name of role r in the lab with the given prefix.
@@ -96,18 +122,9 @@ func vethSpecs(ad Addresses) []vethSpec {
 	}
 }
 
-// linkNames returns the interfaces each role should have once the lab is up.
-func linkNames(r Role) []string {
-	var names []string
-	for _, v := range vethSpecs(DefaultAddresses()) {
-		for _, e := range []end{v.a, v.b} {
-			if e.role == r {
-				names = append(names, e.name)
-			}
-		}
-	}
-	return names
-}
+// linkNames returns the interfaces each role of the default lab should have
+// once it is up.
+func linkNames(r Role) []string { return defaultTopology(DefaultAddresses()).linkNames(r) }
 
 // routeSpec is a default route via gw out of dev in table (0 = main).
 type routeSpec struct {
@@ -154,17 +171,7 @@ type sysctl struct{ key, value string }
 // sysctlSpecs returns the per-netns settings for role r. They are applied
 // before any link exists so "default" values reach the new veths.
 func sysctlSpecs(r Role) []sysctl {
-	common := []sysctl{
-		{"net.mptcp.enabled", "1"},
-		// Addresses must be usable at once; DAD would delay them ~1-2 s.
-		{"net.ipv6.conf.all.accept_dad", "0"},
-		{"net.ipv6.conf.default.accept_dad", "0"},
-		// IPv4 conf is inherited from the host, which may use strict rp_filter.
-		{"net.ipv4.conf.all.rp_filter", "0"},
-		{"net.ipv4.conf.default.rp_filter", "0"},
-		// Cached metrics from earlier runs would skew benchmarks.
-		{"net.ipv4.tcp_no_metrics_save", "1"},
-	}
+	common := commonSysctls()
 	switch r {
 	case RoleClient:
 		return append(common,
@@ -182,6 +189,21 @@ func sysctlSpecs(r Role) []sysctl {
 	}
 }
 
+// commonSysctls are the settings of every lab namespace.
+func commonSysctls() []sysctl {
+	return []sysctl{
+		{"net.mptcp.enabled", "1"},
+		// Addresses must be usable at once; DAD would delay them ~1-2 s.
+		{"net.ipv6.conf.all.accept_dad", "0"},
+		{"net.ipv6.conf.default.accept_dad", "0"},
+		// IPv4 conf is inherited from the host, which may use strict rp_filter.
+		{"net.ipv4.conf.all.rp_filter", "0"},
+		{"net.ipv4.conf.default.rp_filter", "0"},
+		// Cached metrics from earlier runs would skew benchmarks.
+		{"net.ipv4.tcp_no_metrics_save", "1"},
+	}
+}
+
 // mptcpEndpoints returns the MPTCP subflow endpoints of role r.
 func mptcpEndpoints(r Role, ad Addresses) []MPTCPEndpoint {
 	if r != RoleClient {
@@ -195,3 +217,55 @@ func mptcpEndpoints(r Role, ad Addresses) []MPTCPEndpoint {
 
 // mptcpLimit is applied in every namespace so both ends accept extra subflows.
 const mptcpLimit = 4
+
+// topology is the shape of a lab: what Up builds and Status checks.
+type topology struct {
+	roles     []Role // namespaces, in creation order
+	veths     []vethSpec
+	lo        map[Role][]netip.Prefix // extra addresses on lo
+	routes    map[Role][]routeSpec
+	rules     map[Role][]ruleSpec
+	sysctls   map[Role][]sysctl
+	endpoints map[Role][]MPTCPEndpoint
+	limits    map[Role]MPTCPLimits // absent: mptcpLimit for both
+}
+
+// mptcpLimits are the path-manager limits of role r.
+func (t topology) mptcpLimits(r Role) MPTCPLimits {
+	if l, ok := t.limits[r]; ok {
+		return l
+	}
+	return MPTCPLimits{Subflows: mptcpLimit, AddAddrAccepted: mptcpLimit}
+}
+
+// defaultTopology is the three-namespace lab.
+func defaultTopology(ad Addresses) topology {
+	t := topology{
+		roles:     roles,
+		veths:     vethSpecs(ad),
+		routes:    map[Role][]routeSpec{},
+		rules:     map[Role][]ruleSpec{},
+		sysctls:   map[Role][]sysctl{},
+		endpoints: map[Role][]MPTCPEndpoint{},
+	}
+	for _, r := range roles {
+		t.routes[r] = routeSpecs(r, ad)
+		t.rules[r] = ruleSpecs(r, ad)
+		t.sysctls[r] = sysctlSpecs(r)
+		t.endpoints[r] = mptcpEndpoints(r, ad)
+	}
+	return t
+}
+
+// linkNames returns the interfaces role r should have once the lab is up.
+func (t topology) linkNames(r Role) []string {
+	var names []string
+	for _, v := range t.veths {
+		for _, e := range []end{v.a, v.b} {
+			if e.role == r {
+				names = append(names, e.name)
+			}
+		}
+	}
+	return names
+}
