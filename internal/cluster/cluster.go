@@ -276,8 +276,14 @@ func (n *Node) setSysctl(name, v string) error {
 	if err := writeSysctl(name, v); err != nil {
 		return err
 	}
+	was := strings.TrimSpace(string(old))
+	// A namespace that never had a TFO key reads as all zeros; written
+	// back, that would install an all-zero key: leave the node's last.
+	if name == sysctlTFOKey && strings.Trim(was, "0-,") == "" {
+		return nil
+	}
 	if _, ok := n.restore[name]; !ok {
-		n.restore[name] = strings.TrimSpace(string(old))
+		n.restore[name] = was
 	}
 	return nil
 }
