@@ -124,22 +124,26 @@ func labProcesses(dir string) []int {
 // stopProcesses ends the processes of the lab with run directory dir:
 // SIGTERM, then SIGKILL for those still there after 3 s.
 func stopProcesses(dir string) error {
-	pids := labProcesses(dir)
-	if len(pids) == 0 {
-		return nil
+	if left := terminate(labProcesses(dir)); len(left) > 0 {
+		return fmt.Errorf("processes %v of %s survive SIGKILL", left, dir)
 	}
+	return nil
+}
+
+// terminate sends pids SIGTERM, then SIGKILL to those still there after
+// 3 s, and returns those that survive even that for 2 s.
+func terminate(pids []int) []int {
 	for _, pid := range pids {
 		syscall.Kill(pid, syscall.SIGTERM)
 	}
-	if left := waitGone(pids, 3*time.Second); len(left) > 0 {
-		for _, pid := range left {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if left := waitGone(left, 2*time.Second); len(left) > 0 {
-			return fmt.Errorf("processes %v of %s survive SIGKILL", left, dir)
-		}
+	left := waitGone(pids, 3*time.Second)
+	if len(left) == 0 {
+		return nil
 	}
-	return nil
+	for _, pid := range left {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return waitGone(left, 2*time.Second)
 }
 
 func waitGone(pids []int, limit time.Duration) []int {
@@ -391,17 +395,8 @@ func namespaceProcesses(names []string) []int {
 // after 3 s. Otherwise they would hold their namespaces, cut off, after
 // the names are gone.
 func stopNamespaceProcesses(names []string) error {
-	pids := namespaceProcesses(names)
-	for _, pid := range pids {
-		syscall.Kill(pid, syscall.SIGTERM)
-	}
-	if left := waitGone(pids, 3*time.Second); len(left) > 0 {
-		for _, pid := range left {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if left := waitGone(left, 2*time.Second); len(left) > 0 {
-			return fmt.Errorf("processes %v survive SIGKILL", left)
-		}
+	if left := terminate(namespaceProcesses(names)); len(left) > 0 {
+		return fmt.Errorf("processes %v survive SIGKILL", left)
 	}
 	return nil
 }
