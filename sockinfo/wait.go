@@ -88,14 +88,21 @@ func WaitConnected(ctx context.Context, c *net.TCPConn) error {
 	// A cancel sets a past deadline; once it may have run, the socket's
 	// deadline is not ours to restore: the caller gets ctx's error and
 	// closes the socket.
-	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(aLongTimeAgo) })
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.SetWriteDeadline(aLongTimeAgo)
+		close(fired)
+	})
 	var serr error
 	werr := rc.Write(func(fd uintptr) bool {
 		var done bool
 		done, serr = establishedFD(int(fd))
 		return done
 	})
-	if !stop() && ctx.Err() != nil {
+	if !stop() {
+		// The cancel runs in a goroutine of its own: let it finish here,
+		// or it could set its deadline during the caller's next wait.
+		<-fired
 		return ctx.Err()
 	}
 	if werr != nil && errors.Is(werr, os.ErrDeadlineExceeded) && !d.IsZero() && !time.Now().Before(d) {
